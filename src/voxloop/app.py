@@ -1,0 +1,116 @@
+"""What the CLI commands do, as plain functions callable from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from voxloop.audio import save_wav
+from voxloop.audio.decode import load_audio
+from voxloop.audio.sink import AudioSink, NullSink, SpeakerSink
+from voxloop.audio.sources import ArraySource, AudioSource, MicSource
+from voxloop.errors import AudioDeviceError, LLMError
+from voxloop.events import SpeechEnded, TurnDone
+from voxloop.llm.openai_http import OpenAIChat
+from voxloop.llm.server import embedded_server
+from voxloop.pipeline import Assistant
+from voxloop.printer import Printer
+from voxloop.settings import Settings
+from voxloop.stt.whisper import WhisperTranscriber
+from voxloop.tts.hibari_tts import HibariSynthesizer
+from voxloop.vad import make_endpointer
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def llm_url(settings: Settings, printer: Printer) -> Iterator[str]:
+    """The server to talk to: the first --llm-url, or the embedded llama.cpp server."""
+    if settings.llm.urls:
+        yield settings.llm.urls[0]
+        return
+    with embedded_server(settings.llm, printer.info) as url:
+        yield url
+
+
+def open_sink(settings: Settings, sample_rate: int, printer: Printer) -> AudioSink:
+    if not settings.tts.speak:
+        return NullSink()
+    try:
+        return SpeakerSink(sample_rate)
+    except AudioDeviceError as exc:
+        printer.info(f"warning: {exc}")
+        return NullSink()
+
+
+async def chat(settings: Settings, printer: Printer, input_path: str | None = None) -> list[TurnDone]:
+    """A spoken conversation from a recording or the microphone. Returns the finished turns."""
+    # A bad file fails here, before any model loads.
+    source: AudioSource = ArraySource(load_audio(input_path)) if input_path else MicSource()
+    with llm_url(settings, printer) as url:
+        model = OpenAIChat(url, settings.llm)
+        try:
+            await model.connect()
+            transcriber, synthesizer = await asyncio.gather(
+                asyncio.to_thread(WhisperTranscriber, settings.stt),
+                asyncio.to_thread(HibariSynthesizer, settings.tts),
+            )
+            await asyncio.gather(
+                asyncio.to_thread(transcriber.warm_up), asyncio.to_thread(synthesizer.warm_up)
+            )
+            sink = open_sink(settings, synthesizer.sample_rate, printer)
+            assistant = Assistant(settings, transcriber, model, synthesizer, sink, printer)
+            if not input_path:
+                printer.info("Listening… speak now (Ctrl+C to stop).")
+            try:
+                return await assistant.run(source)
+            finally:
+                sink.close()
+        finally:
+            await model.aclose()
+
+
+def failed(turns: list[TurnDone]) -> int:
+    """Exit code for a conversation: 0, or the LLM error code if any turn got no reply."""
+    return LLMError.exit_code if any(t.error for t in turns) else 0
+
+
+def transcribe(settings: Settings, path: str) -> list[SpeechEnded | str]:
+    """Utterances in a file, each followed by its text: the same decoder, VAD and STT as chat."""
+    samples = load_audio(path)
+    transcriber = WhisperTranscriber(settings.stt)
+    endpointer = make_endpointer(settings.vad)
+    out: list[SpeechEnded | str] = []
+    source = ArraySource(samples)
+    for start in range(0, len(source.samples), source.block):
+        for event in endpointer.feed(source.samples[start : start + source.block]):
+            if isinstance(event, SpeechEnded):
+                text = transcriber.transcribe(event.audio)
+                if text:
+                    out += [event, text]
+    return out
+
+
+def say(settings: Settings, text: str, output: str | None) -> Path | None:
+    """Speak ``text`` through the speaker, or write it to ``output`` as a WAV."""
+    synthesizer = HibariSynthesizer(settings.tts)
+    samples = synthesizer.synthesize(text)
+    if output:
+        return save_wav(output, samples, synthesizer.sample_rate)
+    try:
+        sink = SpeakerSink(synthesizer.sample_rate)
+    except AudioDeviceError as exc:
+        raise AudioDeviceError(f"{exc} Or write a file with -o out.wav.") from None
+
+    async def play() -> None:
+        await sink.play(samples)
+        await sink.drain()
+
+    try:
+        asyncio.run(play())
+    finally:
+        sink.close()
+    return None

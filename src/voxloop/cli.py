@@ -1,0 +1,256 @@
+"""voxloop's command line: parse flags, build settings, call app code, print errors on one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from voxloop import __version__
+from voxloop.errors import VoxloopError
+from voxloop.printer import make_printer
+from voxloop.settings import Settings, load_settings
+
+log = logging.getLogger("voxloop")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (default ~/.config/voxloop/config.toml)",
+    )
+    p.add_argument("--debug", action="store_true", default=None, help="log details and show tracebacks")
+
+
+def _stt_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stt-model",
+        metavar="NAME|DIR",
+        help="faster-whisper model folder (default: bundled tiny.en)",
+    )
+    p.add_argument(
+        "--stt-allow-download", action="store_true", default=None,
+        help="allow --stt-model to be a model name fetched from the Hugging Face hub",
+    )  # fmt: skip
+    p.add_argument(
+        "--vad",
+        choices=["silero", "webrtc"],
+        help="endpointing: silero (default) or the reference webrtcvad",
+    )
+    p.add_argument("--end-silence-ms", type=int, metavar="MS", help="silence that ends a turn (default 500)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxloop", description="A real-time, fully offline voice assistant."
+    )
+    parser.add_argument("--version", action="version", version=f"voxloop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="talk with the assistant (microphone, or --input FILE)")
+    chat.add_argument(
+        "--input",
+        "-i",
+        metavar="FILE",
+        help="a recording (WAV/FLAC/OGG/MP3) instead of the microphone",
+    )
+    chat.add_argument(
+        "--llm-url", action="append", metavar="URL",
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (default: embedded llama.cpp)",
+    )  # fmt: skip
+    chat.add_argument(
+        "--llm-model", metavar="NAME", help="model name on the server (default: the first it lists)"
+    )
+    chat.add_argument("--system", metavar="TEXT", help="system prompt")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="longest reply in tokens (default 160)")
+    chat.add_argument(
+        "--no-speak",
+        action="store_true",
+        default=None,
+        help="do not play replies (still synthesized)",
+    )
+    chat.add_argument("--voice", metavar="NAME", help="TTS voice (default heart)")
+    chat.add_argument("--output-dir", "-o", metavar="DIR", help="save reply WAVs and conversation.jsonl here")
+    chat.add_argument("--json", action="store_true", default=None, help="one JSON object per line on stdout")
+    _stt_flags(chat)
+    _common(chat)
+
+    tr = sub.add_parser("transcribe", help="print what is said in a recording")
+    tr.add_argument("file", metavar="FILE")
+    tr.add_argument("--json", action="store_true", default=None, help="one JSON object per utterance")
+    _stt_flags(tr)
+    _common(tr)
+
+    say = sub.add_parser("say", help="speak text, or write it to a WAV with -o")
+    say.add_argument("text", metavar="TEXT")
+    say.add_argument("-o", "--output", metavar="FILE.wav", help="write a WAV instead of playing")
+    say.add_argument("--voice", metavar="NAME", help="TTS voice (default heart)")
+    _common(say)
+
+    llm = sub.add_parser("llm", help="the embedded LLM server: start, status, stop")
+    llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
+    start = llm_sub.add_parser("start", help="start the embedded server in the background")
+    start.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8765)")
+    start.add_argument("--model", metavar="PATH", help="a GGUF file (default: SmolLM2-135M-Instruct)")
+    start.add_argument("--engine", choices=["llamacpp"], default="llamacpp", help="server engine")
+    _common(start)
+    for name, text in (("status", "show the running server"), ("stop", "stop the running server")):
+        _common(llm_sub.add_parser(name, help=text))
+
+    doctor = sub.add_parser("doctor", help="check installation, models, LLM and sound devices")
+    doctor.add_argument("--llm-url", action="append", metavar="URL", help="also check this server")
+    _common(doctor)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user gave, in the settings file's shape."""
+    mapping: dict[str, tuple[str, str]] = {
+        "llm_url": ("llm", "urls"),
+        "llm_model": ("llm", "model"),
+        "max_tokens": ("llm", "max_tokens"),
+        "port": ("llm", "port"),
+        "stt_model": ("stt", "model"),
+        "stt_allow_download": ("stt", "allow_download"),
+        "vad": ("vad", "engine"),
+        "end_silence_ms": ("vad", "end_silence_ms"),
+        "voice": ("tts", "voice"),
+        "output_dir": ("output", "output_dir"),
+        "json": ("output", "json"),
+        "debug": ("output", "debug"),
+    }
+    tree: dict[str, Any] = {}
+    for flag, (section, key) in mapping.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            tree.setdefault(section, {})[key] = value
+    if getattr(args, "no_speak", None):
+        tree.setdefault("tts", {})["speak"] = False
+    if getattr(args, "system", None) is not None:
+        tree["system_prompt"] = args.system
+    return tree
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import chat, failed
+
+    printer = make_printer(settings.output.json)
+    turns = asyncio.run(chat(settings, printer, args.input))
+    if not turns:
+        printer.info("No speech was heard" + (f" in {args.input}." if args.input else "."))
+    return failed(turns)
+
+
+def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import transcribe
+    from voxloop.events import SpeechEnded
+
+    items = transcribe(settings, args.file)
+    for event, text in zip(items[::2], items[1::2], strict=True):
+        assert isinstance(event, SpeechEnded) and isinstance(text, str)
+        if settings.output.json:
+            print(
+                json.dumps(
+                    {
+                        "type": "transcript",
+                        "text": text,
+                        "start_s": round(event.start_s, 2),
+                        "end_s": round(event.end_s, 2),
+                    }
+                )
+            )
+        else:
+            print(text)
+    if not items:
+        print("No speech was heard in " + args.file + ".", file=sys.stderr)
+    return 0
+
+
+def cmd_say(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import say
+
+    path = say(settings, args.text, args.output)
+    if path:
+        print(path)
+    return 0
+
+
+def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.llm import server
+
+    if args.llm_command == "start":
+        running = server.read_state()
+        if running is not None:
+            print(f"Already running: {running.url} ({running.engine}, {running.model}, pid {running.pid})")
+            return 0
+        print("Starting llama.cpp (SmolLM2-135M-Instruct)…", file=sys.stderr, flush=True)
+        info, _proc = server.start_server(settings.llm, port=args.port or settings.llm.port, model=args.model)
+        server.save_state(info)
+        print(info.url)
+        return 0
+    if args.llm_command == "status":
+        running = server.read_state()
+        if running is None:
+            print("Not running. Start it with: voxloop llm start")
+            return 3
+        state = "ready" if server.answers(running.url) else "not answering"
+        print(
+            f"{running.engine} {running.model} at {running.url} (pid {running.pid}, {state}); log {running.log}"
+        )
+        return 0
+    stopped = server.stop_server()
+    print(f"Stopped {stopped.url}" if stopped else "Not running.")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.doctor import run_checks
+
+    problems = 0
+    for check in run_checks(settings):
+        mark = "ok     " if check.ok else "problem"
+        fix = f"  → {check.fix}" if check.fix and not check.ok else ""
+        print(f"{mark} {check.name:14s} {check.detail}{fix}")
+        problems += not check.ok
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "chat": cmd_chat,
+    "transcribe": cmd_transcribe,
+    "say": cmd_say,
+    "llm": cmd_llm,
+    "doctor": cmd_doctor,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = bool(args.debug)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(_overrides(args), config_file=args.config)
+        return COMMANDS[args.command](args, settings)
+    except VoxloopError as exc:
+        if debug:
+            raise
+        if getattr(args, "json", None):
+            print(json.dumps({"type": "error", "message": str(exc)}), flush=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`voxloop doctor`: what is installed, which models will be used, what is reachable."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from voxloop.errors import VoxloopError
+from voxloop.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _size(path: Path) -> str:
+    total = (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+    return f"{total / 1e6:.0f} MB"
+
+
+def _package(name: str) -> Check:
+    try:
+        return Check(name, True, importlib.metadata.version(name))
+    except importlib.metadata.PackageNotFoundError:
+        return Check(name, False, "not installed", f"pip install {name}")
+
+
+def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
+    try:
+        return Check(name, True, probe())
+    except VoxloopError as exc:
+        return Check(name, False, str(exc), fix)
+    except Exception as exc:
+        return Check(name, False, f"{type(exc).__name__}: {exc}", fix)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    from voxloop.llm.openai_http import normalize_url
+    from voxloop.llm.server import answers, llama_server_binary, read_state, smollm2_gguf
+    from voxloop.stt.whisper import resolve_model
+    from voxloop.tts.hibari_tts import voice_model
+    from voxloop.vad.endpointer import silero_model_path
+
+    checks = [
+        _package("voxloop"),
+        _package("faster-whisper"),
+        _package("hibari-tts"),
+        _package("onnxruntime"),
+    ]
+
+    def stt() -> str:
+        path = Path(resolve_model(settings.stt.model, settings.stt.allow_download))
+        return f"{path} ({_size(path)}, {settings.stt.compute_type})" if path.exists() else str(path)
+
+    checks.append(_guarded("STT model", stt))
+    checks.append(_guarded("VAD model", lambda: f"{silero_model_path()} (Silero v6)"))
+    checks.append(_guarded("TTS voice", lambda: f"{settings.tts.voice}: {voice_model(settings.tts.voice)}"))
+    if settings.llm.urls:
+        for url in settings.llm.urls:
+            full = normalize_url(url)
+            reachable = answers(full)
+            checks.append(
+                Check(
+                    "LLM server",
+                    reachable,
+                    f"{full} {'answers' if reachable else 'does not answer'}",
+                    "" if reachable else "start the server or fix --llm-url",
+                )
+            )
+    else:
+        checks.append(_guarded("LLM weights", lambda: f"{smollm2_gguf()} ({_size(smollm2_gguf())})"))
+        checks.append(_guarded("llama-server", lambda: str(llama_server_binary())))
+        running = read_state()
+        checks.append(
+            Check(
+                "embedded LLM",
+                True,
+                f"running at {running.url} (pid {running.pid})"
+                if running and answers(running.url)
+                else "not running; `voxloop chat` starts one per command, `voxloop llm start` keeps one up",
+            )
+        )
+
+    def sound(kind: str) -> Callable[[], str]:
+        def probe() -> str:
+            from voxloop.audio.sources import _import_sounddevice
+
+            sd = _import_sounddevice()
+            try:
+                device = sd.query_devices(kind=kind)
+            except Exception as exc:
+                raise VoxloopError(f"no {kind} device ({exc})") from None
+            return str(device["name"])
+
+        return probe
+
+    checks.append(_guarded("microphone", sound("input"), "connect one, or use --input FILE"))
+    checks.append(_guarded("speaker", sound("output"), "connect one, or use --no-speak / --output-dir"))
+    return checks

@@ -1,0 +1,82 @@
+"""Typed events that flow between voxloop's stages and out to the printer.
+
+Each is frozen: once a stage has said something, nobody downstream can change it. Times on
+the *audio clock* are seconds from the first sample of the input; durations are milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The VAD heard the start of an utterance."""
+
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """An utterance ended: its audio (16 kHz mono float32) and where it sat on the audio clock.
+
+    ``endpoint_at_s`` is when the endpointer decided the turn was over (speech end plus the
+    silence it waited for).
+    """
+
+    audio: np.ndarray = field(repr=False)
+    start_s: float
+    end_s: float
+    endpoint_at_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What the user said in one turn."""
+
+    text: str
+    stt_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDelta:
+    """A piece of the assistant's reply text as the LLM streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Synthesized reply audio (float32) for one sentence."""
+
+    samples: np.ndarray = field(repr=False)
+    sample_rate: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDone:
+    """One finished turn: what was said, what was answered, and how long each stage took."""
+
+    index: int
+    user: str
+    assistant: str | None
+    reply_audio: str | None
+    timings: dict[str, float]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A failure worth telling the user about without ending the conversation."""
+
+    message: str
+
+
+Event = SpeechStarted | SpeechEnded | Transcript | ReplyDelta | AudioChunk | TurnDone | ErrorEvent

@@ -1,0 +1,28 @@
+"""The chat model seam: any OpenAI-compatible server, streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+Message = dict[str, str]
+
+
+class ChatModel(Protocol):
+    """Streams the assistant's reply to a list of chat messages, piece by piece.
+
+    Closing the iterator early (barge-in, Ctrl-C) must stop generation on the server.
+    """
+
+    model: str
+    context_tokens: int
+
+    async def connect(self) -> None:
+        """Check the server answers and pick the model; raise an LLMError that says why not."""
+
+    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+__all__ = ["ChatModel", "Message"]

@@ -1,0 +1,236 @@
+"""An OpenAI-compatible chat client over httpx, streaming (SSE) from vLLM, llama.cpp and friends.
+
+Every way a server can fail is turned into one LLMError with a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from voxloop.errors import (
+    LLMContextOverflowError,
+    LLMModelNotServedError,
+    LLMProtocolError,
+    LLMServerError,
+    LLMUnavailableError,
+)
+from voxloop.llm import Message
+from voxloop.settings import LlmSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048
+_CONTEXT_WORDS = (
+    "context length",
+    "context size",
+    "exceed_context",
+    "maximum context",
+    "too long",
+    "n_ctx",
+)
+
+
+def normalize_url(url: str) -> str:
+    """``host:port``, ``http://host:port`` and ``.../v1/`` all mean ``http://host:port/v1``."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    if url.endswith("/chat/completions"):
+        url = url[: -len("/chat/completions")]
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return url
+
+
+def _snippet(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_message(body: str) -> str:
+    """The human part of an error body: OpenAI's {"error": {"message"}}, vLLM's, llama.cpp's or raw."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return _snippet(body) or "no details"
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("detail") or _snippet(body))
+        if isinstance(err, str):
+            return err
+        if "detail" in data:
+            return str(data["detail"])
+    return _snippet(body)
+
+
+class OpenAIChat:
+    def __init__(
+        self, url: str, settings: LlmSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.url = normalize_url(url)
+        self.settings = settings
+        self.model = settings.model
+        self.context_tokens = settings.context_tokens or DEFAULT_CONTEXT
+        timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self.served: list[str] = []
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _unavailable(self, exc: Exception) -> LLMUnavailableError:
+        if isinstance(exc, httpx.TimeoutException):
+            reason = f"no answer within {self.settings.timeout_s:g} s"
+        elif isinstance(exc, httpx.ConnectError):
+            reason = (
+                "connection refused" if "refused" in str(exc).lower() or not str(exc) else _snippet(str(exc))
+            )
+        else:
+            reason = _snippet(str(exc)) or type(exc).__name__
+        return LLMUnavailableError(
+            f"Cannot reach the LLM server at {self.url} ({reason}). "
+            "Start one with `voxloop llm start` or pass --llm-url."
+        )
+
+    async def _get_json(self, path: str) -> Any:
+        try:
+            response = await self._client.get(self.url + path)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code >= 400:
+            raise LLMServerError(
+                f"The LLM server at {self.url} answered HTTP {response.status_code} to GET {path}: "
+                f"{_error_message(response.text)}. Is --llm-url an OpenAI-compatible /v1 endpoint?"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise LLMProtocolError(
+                f"The server at {self.url} did not answer GET {path} with JSON "
+                f"(got {_snippet(response.text)!r}). Check that --llm-url points at an "
+                "OpenAI-compatible server's /v1."
+            ) from None
+
+    # -- ChatModel --------------------------------------------------------------------------
+    async def list_models(self) -> list[dict[str, Any]]:
+        data = await self._get_json("/models")
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "id" in e for e in entries):
+            raise LLMProtocolError(
+                f"The server at {self.url} answered GET /models without a model list "
+                f"(got {_snippet(json.dumps(data))!r}). Is it an OpenAI-compatible server?"
+            )
+        return entries
+
+    async def connect(self) -> None:
+        entries = await self.list_models()
+        self.served = [str(e["id"]) for e in entries]
+        if not self.served:
+            raise LLMModelNotServedError(
+                f"The LLM server at {self.url} serves no model yet. Wait for it to load."
+            )
+        if not self.model:
+            self.model = self.served[0]
+        elif self.model not in self.served:
+            raise LLMModelNotServedError(
+                f"Model {self.model!r} is not served at {self.url}. It serves: {', '.join(self.served)}. "
+                "Pass one of these to --llm-model, or leave --llm-model out to use the first."
+            )
+        if not self.settings.context_tokens:
+            self.context_tokens = await self._discover_context(entries)
+        log.info("LLM %s at %s, context %d tokens", self.model, self.url, self.context_tokens)
+
+    async def _discover_context(self, entries: list[dict[str, Any]]) -> int:
+        entry = next(e for e in entries if e["id"] == self.model)
+        if isinstance(entry.get("max_model_len"), int):  # vLLM
+            return int(entry["max_model_len"])
+        try:  # llama.cpp's server: per-slot context in /props
+            response = await self._client.get(self.url[: -len("/v1")] + "/props")
+            n_ctx = response.json()["default_generation_settings"]["n_ctx"]
+            return int(n_ctx)
+        except Exception:
+            return DEFAULT_CONTEXT
+
+    def _raise_for_status(self, status: int, body: str) -> None:
+        message = _error_message(body)
+        lowered = message.lower()
+        if status in (400, 413) and any(word in lowered for word in _CONTEXT_WORDS):
+            raise LLMContextOverflowError(f"The conversation is longer than the model's context ({message}).")
+        if status == 404 and "model" in lowered:
+            raise LLMModelNotServedError(
+                f"Model {self.model!r} is not served at {self.url} ({message}). "
+                + (f"It serves: {', '.join(self.served)}." if self.served else "")
+            )
+        hint = " The server is starting or overloaded: try again shortly." if status in (429, 503) else ""
+        raise LLMServerError(f"The LLM server at {self.url} answered HTTP {status}: {message}.{hint}")
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": self.settings.max_tokens,
+            "temperature": self.settings.temperature,
+        }
+        try:
+            async with self._client.stream("POST", self.url + "/chat/completions", json=payload) as response:
+                if response.status_code >= 400:
+                    body = (await response.aread()).decode("utf-8", "replace")
+                    self._raise_for_status(response.status_code, body)
+                ctype = response.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    body = (await response.aread()).decode("utf-8", "replace")
+                    yield self._whole_reply(body)
+                    return
+                async for line in response.aiter_lines():
+                    piece = self._parse_event(line)
+                    if piece is None:
+                        break
+                    if piece:
+                        yield piece
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+
+    def _parse_event(self, line: str) -> str | None:
+        """One SSE line -> text ('' for keep-alives and role-only chunks), None at [DONE]."""
+        line = line.strip()
+        if not line.startswith("data:"):
+            return ""
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise LLMProtocolError(
+                f"The server at {self.url} streamed something that is not JSON ({_snippet(data)!r})."
+            ) from None
+        if isinstance(chunk, dict) and "error" in chunk:
+            raise LLMServerError(f"The LLM server at {self.url} failed mid-reply: {_error_message(data)}.")
+        try:
+            delta = chunk["choices"][0].get("delta") or {}
+            return str(delta.get("content") or "")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            if isinstance(chunk, dict) and chunk.get("choices") == []:
+                return ""  # usage-only chunk
+            raise LLMProtocolError(
+                f"The server at {self.url} streamed a chunk without choices ({_snippet(data)!r})."
+            ) from None
+
+    def _whole_reply(self, body: str) -> str:
+        """Servers that ignore ``stream`` answer with one JSON completion."""
+        try:
+            data = json.loads(body)
+            return str(data["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMProtocolError(
+                f"The server at {self.url} did not answer with OpenAI-style JSON "
+                f"(got {_snippet(body)!r}). Check that --llm-url points at an OpenAI-compatible /v1."
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

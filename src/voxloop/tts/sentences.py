@@ -1,0 +1,50 @@
+"""Cut a streaming reply into speakable sentences as soon as each one is complete.
+
+The LLM streams tokens; the speaker should start on the first sentence while the rest is still
+being generated. A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by whitespace (so
+"3.5" and "e.g." mid-word do not cut), or at a line break. Markdown that a small model emits
+anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed before speaking.
+"""
+
+from __future__ import annotations
+
+import re
+
+_END = re.compile(r"([.!?…]+[\"'”’)\]]*)(\s+)|\n+")
+_ABBREV = {"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "prof", "sr", "jr"}
+_MARKDOWN = re.compile(r"[*_`#>|~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
+
+
+def speakable(text: str) -> str:
+    """Text as it should be spoken: no markdown symbols, single spaces."""
+    return re.sub(r"\s+", " ", _MARKDOWN.sub(" ", text)).strip()
+
+
+class SentenceSplitter:
+    def __init__(self, min_chars: int = 12) -> None:
+        self.min_chars = min_chars
+        self._buffer = ""
+
+    def feed(self, delta: str) -> list[str]:
+        """Add streamed text; return the sentences it completed (maybe none)."""
+        self._buffer += delta
+        out: list[str] = []
+        start = 0
+        for m in _END.finditer(self._buffer):
+            candidate = self._buffer[start : m.end()]
+            words = candidate.rstrip().rstrip(".!?…\"'”’)]").split()
+            last = words[-1].lower() if words else ""
+            if m.group(0).startswith("\n") or (
+                len(candidate.strip()) >= self.min_chars and last not in _ABBREV
+            ):
+                text = speakable(candidate)
+                if text:
+                    out.append(text)
+                start = m.end()
+        self._buffer = self._buffer[start:]
+        return out
+
+    def flush(self) -> list[str]:
+        """The rest of the reply once the stream has ended."""
+        text, self._buffer = speakable(self._buffer), ""
+        return [text] if text else []

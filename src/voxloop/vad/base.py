@@ -1,0 +1,35 @@
+"""The endpointing seam: audio blocks in, SpeechStarted / SpeechEnded out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from voxloop.events import SpeechEnded, SpeechStarted
+
+
+class Endpointer(Protocol):
+    """Consumes 16 kHz mono blocks of any size, in order, and reports turns on the audio clock."""
+
+    def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]: ...
+
+    def reset(self) -> None:
+        """Forget any half-heard utterance (after voxloop spoke in half-duplex mode)."""
+
+
+class Framer:
+    """Cuts a stream of arbitrary blocks into fixed frames, counting samples for the audio clock."""
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self._pending = np.zeros(0, np.float32)
+        self.consumed = 0  # samples handed out as frames so far
+
+    def frames(self, block: np.ndarray) -> list[np.ndarray]:
+        data = np.concatenate([self._pending, block.astype(np.float32, copy=False)])
+        count = len(data) // self.frame
+        out = [data[i * self.frame : (i + 1) * self.frame] for i in range(count)]
+        self._pending = data[count * self.frame :]
+        self.consumed += count * self.frame
+        return out

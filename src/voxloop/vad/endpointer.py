@@ -1,0 +1,157 @@
+"""voxloop's endpointer: Silero VAD v6 streamed in 32 ms steps.
+
+A turn is over after ``end_silence_ms`` of silence (0.5 s by default, half the reference's
+fixed second). There is no minimum utterance length, so a one-word "yes" is a turn; only
+blips with less than ``min_speech_ms`` of voiced audio (a cough, a click) are ignored.
+Hysteresis (speech above ``threshold``, silence below ``threshold - 0.15``) keeps one word
+from being split at a soft consonant.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from voxloop.errors import ModelNotFoundError
+from voxloop.events import SpeechEnded, SpeechStarted
+from voxloop.settings import VadSettings
+from voxloop.vad.base import Framer
+
+log = logging.getLogger(__name__)
+
+STEP = 512  # Silero v6 at 16 kHz takes 512 new samples per call
+CONTEXT = 64  # ...plus the last 64 samples of the previous call
+
+
+def silero_model_path() -> Path:
+    """The Silero VAD v6 ONNX file that ships inside faster-whisper."""
+    import faster_whisper
+
+    path = Path(faster_whisper.__file__).parent / "assets" / "silero_vad_v6.onnx"
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"Silero VAD model not found at {path}. Reinstall faster-whisper: "
+            "pip install --force-reinstall faster-whisper==1.2.1"
+        )
+    return path
+
+
+class SileroVad:
+    """Streaming Silero VAD: one speech probability per 512-sample step, state carried over."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 4
+        self._session = ort.InferenceSession(
+            str(path or silero_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+
+    def probability(self, step: np.ndarray) -> float:
+        window = np.concatenate([self._context, step])[None, :]
+        prob, self._h, self._c = self._session.run(None, {"input": window, "h": self._h, "c": self._c})
+        self._context = step[-CONTEXT:]
+        return float(np.asarray(prob).reshape(-1)[0])
+
+
+class SileroEndpointer:
+    def __init__(self, settings: VadSettings, sample_rate: int = 16000, vad: SileroVad | None = None) -> None:
+        if sample_rate != 16000:
+            raise ValueError("the endpointer runs at 16 kHz")
+        self.settings = settings
+        self.rate = sample_rate
+        self.vad = vad or SileroVad()
+        self._framer = Framer(STEP)
+        pre_roll_steps = max(1, round(settings.pre_roll_ms / 1000 * sample_rate / STEP))
+        self._pre_roll: collections.deque[np.ndarray] = collections.deque(maxlen=pre_roll_steps)
+        self._off = settings.threshold - 0.15
+        self._start_new()
+
+    def _start_new(self) -> None:
+        self._in_speech = False
+        self._announced = False
+        self._chunks: list[np.ndarray] = []
+        self._start = 0  # sample index where the kept audio starts
+        self._voiced = 0  # voiced samples in this utterance
+        self._last_voiced_end = 0  # sample index just after the last voiced step
+        self._silence = 0  # samples of silence since the last voiced step
+
+    def reset(self) -> None:
+        self.vad.reset()
+        self._pre_roll.clear()
+        self._start_new()
+
+    def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
+        events: list[SpeechStarted | SpeechEnded] = []
+        start = self._framer.consumed
+        for i, step in enumerate(self._framer.frames(block)):
+            at = start + i * STEP
+            event = self._step(step, at)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _step(self, step: np.ndarray, at: int) -> SpeechStarted | SpeechEnded | None:
+        prob = self.vad.probability(step)
+        s = self.settings
+        if not self._in_speech:
+            if prob >= s.threshold:
+                self._in_speech = True
+                self._chunks = list(self._pre_roll)
+                self._start = at - STEP * len(self._pre_roll)
+                self._voiced = STEP
+                self._last_voiced_end = at + STEP
+                self._silence = 0
+                self._chunks.append(step)
+                return self._maybe_announce()
+            self._pre_roll.append(step)
+            return None
+
+        self._chunks.append(step)
+        # Between the two thresholds a step continues speech but does not resume it.
+        if prob >= s.threshold or (prob >= self._off and self._silence == 0):
+            self._voiced += STEP
+            self._last_voiced_end = at + STEP
+            self._silence = 0
+            return self._maybe_announce()
+        self._silence += STEP
+        if self._silence * 1000 < s.end_silence_ms * self.rate:
+            return None
+        return self._finish(at + STEP)
+
+    def _maybe_announce(self) -> SpeechStarted | None:
+        if self._announced or self._voiced * 1000 < self.settings.min_speech_ms * self.rate:
+            return None
+        self._announced = True
+        return SpeechStarted(at_s=self._start / self.rate)
+
+    def _finish(self, now: int) -> SpeechEnded | None:
+        s = self.settings
+        audio = np.concatenate(self._chunks)
+        # Keep a little trailing silence: Whisper transcribes a clipped last word worse.
+        keep = min(len(audio), self._last_voiced_end - self._start + int(0.2 * self.rate))
+        start, end = self._start, self._last_voiced_end
+        voiced_ms = self._voiced * 1000 / self.rate
+        self._pre_roll.clear()
+        self._start_new()
+        if voiced_ms < s.min_speech_ms or (end - start) * 1000 < s.min_utterance_ms * self.rate:
+            log.debug("dropped a %.0f ms blip", voiced_ms)
+            return None
+        return SpeechEnded(
+            audio=audio[:keep],
+            start_s=max(0, start) / self.rate,
+            end_s=end / self.rate,
+            endpoint_at_s=now / self.rate,
+        )

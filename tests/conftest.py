@@ -1,0 +1,203 @@
+"""Shared fixtures: real models loaded once, spoken test audio made by hibari, a real llama.cpp
+server on loopback, and a recording proxy in front of it (to assert what the server received)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from voxloop.audio import save_wav
+from voxloop.audio.speech import spoken_turns
+from voxloop.settings import Settings, SttSettings, TtsSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- real models ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def synthesizer():
+    from voxloop.tts.hibari_tts import HibariSynthesizer
+
+    return HibariSynthesizer(TtsSettings())
+
+
+@pytest.fixture(scope="session")
+def transcriber():
+    from voxloop.stt.whisper import WhisperTranscriber
+
+    return WhisperTranscriber(SttSettings())
+
+
+@pytest.fixture(scope="session")
+def speech(synthesizer, tmp_path_factory) -> Callable[..., Path]:
+    """speech(["turn one", "turn two"], name="x.wav") -> a 16 kHz WAV of those turns, cached."""
+    folder = tmp_path_factory.mktemp("speech")
+    cache: dict[tuple[Any, ...], Path] = {}
+
+    def make(turns: list[str], name: str | None = None, **kwargs: Any) -> Path:
+        key = (tuple(turns), tuple(sorted(kwargs.items())))
+        if key not in cache:
+            path = folder / (name or f"speech-{len(cache)}.wav")
+            save_wav(path, spoken_turns(synthesizer, turns, **kwargs), 16000)
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    def norm(text: str) -> str:
+        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+    return float(jiwer.wer(norm(reference), norm(hypothesis)))
+
+
+# -- the real LLM server ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory) -> Iterator[str]:
+    """A real llama.cpp server (SmolLM2-135M) on 127.0.0.1, for the whole test session."""
+    from voxloop.llm.server import start_server
+
+    os.environ.setdefault("VOXLOOP_HOME", str(tmp_path_factory.mktemp("voxloop-home")))
+    info, proc = start_server(Settings().llm, detach=False)
+    yield info.url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# -- a recording (and optionally failing) proxy -----------------------------------------------
+@dataclass
+class Proxy:
+    """Forwards to ``upstream`` and records every chat request body; ``plan`` can make the next
+    chat requests fail: "refuse" (HTTP 503 error JSON), "garbage" (200 HTML), "drop" (close the
+    connection mid-reply), "ok"."""
+
+    upstream: str
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    models_garbage: bool = False
+
+    @property
+    def chats(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if "messages" in r]
+
+
+def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if proxy.models_garbage:
+                self._send(200, b"<html><body>It works!</body></html>", "text/html")
+                return
+            r = httpx.get(proxy.upstream.rsplit("/v1", 1)[0] + self.path, timeout=10)
+            self._send(r.status_code, r.content, r.headers.get("content-type", "application/json"))
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            request = json.loads(body)
+            proxy.requests.append(request)
+            mode = proxy.plan.pop(0) if proxy.plan else "ok"
+            if mode == "refuse":
+                self._send(503, json.dumps({"error": {"message": "engine is overloaded"}}).encode(), "application/json")
+                return
+            if mode == "garbage":
+                self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
+                return
+            url = proxy.upstream.rsplit("/v1", 1)[0] + self.path
+            with httpx.stream("POST", url, content=body, headers={"Content-Type": "application/json"}, timeout=60) as r:
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
+                self.end_headers()
+                for i, chunk in enumerate(r.iter_raw()):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if mode == "drop" and i >= 1:
+                        self.connection.shutdown(2)
+                        return
+
+    return Handler
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[str], Proxy]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def make(upstream: str) -> Proxy:
+        proxy = Proxy(upstream)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        proxy.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        return proxy
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy(proxy_factory, llm_server) -> Proxy:
+    return proxy_factory(llm_server)
+
+
+# -- running the CLI like a user --------------------------------------------------------------
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def voxloop(tmp_path) -> Callable[..., Run]:
+    """voxloop("chat", "--input", f) runs the real CLI in a subprocess, no TTY, no sound card."""
+    env = {**os.environ, "VOXLOOP_HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+
+    def run(*args: str, timeout: float = 300, extra_env: dict[str, str] | None = None) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "voxloop", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**env, **(extra_env or {})},
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def noise(seconds: float, level: float = 0.1, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * level).astype(np.float32)

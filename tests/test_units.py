@@ -1,0 +1,253 @@
+"""Fast tests of single seams, with fakes where a real model would only slow them down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import pytest
+
+from voxloop.audio.sink import NullSink
+from voxloop.conversation import Conversation
+from voxloop.errors import (
+    ConfigError,
+    LLMContextOverflowError,
+    LLMModelNotServedError,
+    LLMProtocolError,
+    LLMServerError,
+    LLMUnavailableError,
+)
+from voxloop.events import SpeechEnded, SpeechStarted
+from voxloop.llm import Message
+from voxloop.llm.openai_http import OpenAIChat, normalize_url
+from voxloop.pipeline import Assistant
+from voxloop.printer import JsonPrinter
+from voxloop.settings import LlmSettings, Settings, load_settings
+from voxloop.tts.sentences import SentenceSplitter, speakable
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_settings_precedence_flags_over_env_over_file(tmp_path):
+    cfg = tmp_path / "voxloop.toml"
+    cfg.write_text('system_prompt = "from file"\n[llm]\nmodel = "file-model"\nmax_tokens = 50\n[vad]\nend_silence_ms = 700\n')
+    env = {"VOXLOOP_LLM_MODEL": "env-model", "VOXLOOP_VAD_END_SILENCE_MS": "300", "VOXLOOP_TTS_SPEAK": "no"}
+    s = load_settings({"llm": {"model": "flag-model"}}, config_file=str(cfg), environ=env)
+    assert s.llm.model == "flag-model"
+    assert s.vad.end_silence_ms == 300
+    assert s.llm.max_tokens == 50
+    assert s.system_prompt == "from file"
+    assert s.tts.speak is False
+
+
+def test_settings_errors_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="vad.engine"):
+        load_settings({"vad": {"engine": "nope"}}, environ={})
+    with pytest.raises(ConfigError, match="Unknown setting llm.modle"):
+        load_settings({"llm": {"modle": "x"}}, environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(config_file=str(tmp_path / "missing.toml"), environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[llm\n")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_settings(config_file=str(bad), environ={})
+
+
+def test_env_list_of_urls():
+    s = load_settings(environ={"VOXLOOP_LLM_URLS": "http://a:1/v1, http://b:2/v1"})
+    assert s.llm.urls == ("http://a:1/v1", "http://b:2/v1")
+
+
+# -- sentence splitting -----------------------------------------------------------------------
+def test_splitter_emits_sentences_as_they_complete():
+    sp = SentenceSplitter()
+    out = []
+    for piece in ["Hello the", "re, my friend. Dr. Smith", " is 3.5 metres tall! And", " then"]:
+        out += sp.feed(piece)
+    assert out == ["Hello there, my friend.", "Dr. Smith is 3.5 metres tall!"]
+    assert sp.flush() == ["And then"]
+
+
+def test_speakable_strips_markdown():
+    assert speakable("**Paris** is the `capital`.\n- one\n# Title") == "Paris is the capital . one Title"
+
+
+# -- conversation -----------------------------------------------------------------------------
+def test_history_trimmed_from_oldest_never_the_system_prompt():
+    conv = Conversation("SYSTEM")
+    for i in range(50):
+        conv.add(f"question {i} " + "x" * 200, f"answer {i} " + "y" * 200)
+    messages = conv.request("newest", context_tokens=1000, reply_tokens=100)
+    assert messages[0] == {"role": "system", "content": "SYSTEM"}
+    assert messages[-1] == {"role": "user", "content": "newest"}
+    assert 2 < len(messages) < 100
+    assert messages[-2]["content"].startswith("answer 49")
+    assert messages[1]["role"] == "user"  # pairs stay whole
+    assert all(not m["content"].startswith("question 0 ") for m in messages)
+
+
+# -- the OpenAI client against canned HTTP answers ---------------------------------------------
+def _sse(*pieces: str) -> bytes:
+    lines = [
+        "data: " + json.dumps({"choices": [{"delta": {"content": p}, "index": 0}]}) for p in pieces
+    ]
+    return ("\n\n".join([*lines, "data: [DONE]"]) + "\n\n").encode()
+
+
+def _client(handler) -> OpenAIChat:
+    return OpenAIChat("127.0.0.1:9/v1/", LlmSettings(), transport=httpx.MockTransport(handler))
+
+
+async def _collect(chat: OpenAIChat, messages: list[Message] | None = None) -> str:
+    return "".join([p async for p in chat.stream(messages or [{"role": "user", "content": "hi"}])])
+
+
+def test_normalize_url():
+    assert normalize_url("localhost:8000") == "http://localhost:8000/v1"
+    assert normalize_url("http://h:1/v1/chat/completions") == "http://h:1/v1"
+
+
+async def test_streams_and_picks_first_model():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m1", "max_model_len": 4096}, {"id": "m2"}]})
+        assert json.loads(request.content)["model"] == "m1"
+        return httpx.Response(200, content=_sse("Hel", "lo", "!"), headers={"content-type": "text/event-stream"})
+
+    chat = _client(handler)
+    await chat.connect()
+    assert (chat.model, chat.context_tokens) == ("m1", 4096)
+    assert await _collect(chat) == "Hello!"
+
+
+async def test_unknown_model_lists_served_ones():
+    chat = OpenAIChat(
+        "http://x/v1",
+        LlmSettings(model="mistral"),
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"data": [{"id": "smol"}]})),
+    )
+    with pytest.raises(LLMModelNotServedError, match="It serves: smol"):
+        await chat.connect()
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "words"),
+    [
+        (httpx.Response(500, json={"error": {"message": "CUDA out of memory"}}), LLMServerError, "CUDA out of memory"),
+        (httpx.Response(503, text="busy"), LLMServerError, "overloaded"),
+        (httpx.Response(200, text="<html>hi</html>", headers={"content-type": "text/html"}), LLMProtocolError, "OpenAI"),
+        (
+            httpx.Response(400, json={"error": {"message": "maximum context length is 2048 tokens"}}),
+            LLMContextOverflowError,
+            "context",
+        ),
+        (
+            httpx.Response(200, content=b"data: {not json\n\n", headers={"content-type": "text/event-stream"}),
+            LLMProtocolError,
+            "not JSON",
+        ),
+    ],
+)
+async def test_server_failures_become_clear_errors(response, error, words):
+    chat = _client(lambda r: response)
+    chat.model = "m"
+    with pytest.raises(error, match=words):
+        await _collect(chat)
+
+
+async def test_nothing_listening_names_url_and_fix():
+    chat = OpenAIChat("http://127.0.0.1:9/v1", LlmSettings())
+    with pytest.raises(LLMUnavailableError, match=r"http://127.0.0.1:9/v1.*voxloop llm start"):
+        await chat.connect()
+    await chat.aclose()
+
+
+# -- the pipeline with fakes at every seam ----------------------------------------------------
+class FakeTranscriber:
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        return self.texts.pop(0)
+
+
+class FakeChat:
+    """Answers "reply N"; fails the turns listed in ``fail``."""
+
+    model = "fake"
+    context_tokens = 2048
+
+    def __init__(self, fail: set[int] | None = None) -> None:
+        self.fail = fail or set()
+        self.requests: list[list[Message]] = []
+
+    async def connect(self) -> None:
+        return None
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        n = len(self.requests)
+        yield f"Reply {n} starts. "
+        if n in self.fail:
+            raise LLMUnavailableError("server went away")
+        yield "And ends."
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FakeSynth:
+    sample_rate = 24000
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return np.full(240 * len(text.split()), 0.1, np.float32)
+
+
+class ScriptedEndpointer:
+    """One SpeechEnded per fed block, as if each block were a whole utterance."""
+
+    def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
+        return [SpeechEnded(audio=block, start_s=0.0, end_s=0.5, endpoint_at_s=1.0)]
+
+    def reset(self) -> None:
+        return None
+
+
+class BlocksSource:
+    sample_rate = 16000
+    live = False
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        for _ in range(self.n):
+            yield np.zeros(512, np.float32)
+
+    def discard_pending(self) -> None:
+        return None
+
+
+async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, capsys):
+    settings = Settings(output=Settings().output.__class__(output_dir=str(tmp_path)))
+    chat = FakeChat(fail={2})
+    assistant = Assistant(
+        settings, FakeTranscriber(["one", "two", "three"]), chat, FakeSynth(), NullSink(), JsonPrinter()
+    )
+    turns = await assistant.run(BlocksSource(3), ScriptedEndpointer())
+    assert [t.error is None for t in turns] == [True, False, True]
+    assert turns[2].assistant == "Reply 3 starts. And ends."
+    # The failed turn is not sent again: the third request carries turn one, the system prompt,
+    # and alternates user/assistant.
+    roles = [m["role"] for m in chat.requests[2]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert chat.requests[2][1]["content"] == "one"
+    lines = [json.loads(x) for x in (tmp_path / "conversation.jsonl").read_text().splitlines()]
+    assert [x["user"] for x in lines] == ["one", "two", "three"]
+    assert "server went away" in lines[1]["error"]
+    assert lines[1]["partial_reply"] == "Reply 2 starts."
+    assert (tmp_path / "turn-001.wav").is_file() and not (tmp_path / "turn-002.wav").exists()
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [e["type"] for e in out].count("turn_done") == 3
+    assert any(e["type"] == "error" and "Turn 2" in e["message"] for e in out)
