@@ -57,13 +57,22 @@ def speech(synthesizer, tmp_path_factory) -> Callable[..., Path]:
     return make
 
 
+def _norm(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
 def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, ignoring case and punctuation."""
     import jiwer
 
-    def norm(text: str) -> str:
-        return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+    return float(jiwer.wer(_norm(reference), _norm(hypothesis)))
 
-    return float(jiwer.wer(norm(reference), norm(hypothesis)))
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate: fair to names Whisper may spell differently ("L'Alma" / "El Alma")."""
+    import jiwer
+
+    return float(jiwer.cer(_norm(reference), _norm(hypothesis)))
 
 
 # -- the real LLM server ----------------------------------------------------------------------
@@ -124,13 +133,19 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
             proxy.requests.append(request)
             mode = proxy.plan.pop(0) if proxy.plan else "ok"
             if mode == "refuse":
-                self._send(503, json.dumps({"error": {"message": "engine is overloaded"}}).encode(), "application/json")
+                self._send(
+                    503,
+                    json.dumps({"error": {"message": "engine is overloaded"}}).encode(),
+                    "application/json",
+                )
                 return
             if mode == "garbage":
                 self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
                 return
             url = proxy.upstream.rsplit("/v1", 1)[0] + self.path
-            with httpx.stream("POST", url, content=body, headers={"Content-Type": "application/json"}, timeout=60) as r:
+            with httpx.stream(
+                "POST", url, content=body, headers={"Content-Type": "application/json"}, timeout=60
+            ) as r:
                 self.send_response(r.status_code)
                 self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
                 self.end_headers()
@@ -182,7 +197,13 @@ class Run:
 @pytest.fixture
 def voxloop(tmp_path) -> Callable[..., Run]:
     """voxloop("chat", "--input", f) runs the real CLI in a subprocess, no TTY, no sound card."""
-    env = {**os.environ, "VOXLOOP_HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    # Greedy decoding: the same question gets the same reply on every run.
+    env = {
+        **os.environ,
+        "VOXLOOP_HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "VOXLOOP_LLM_TEMPERATURE": "0",
+    }
 
     def run(*args: str, timeout: float = 300, extra_env: dict[str, str] | None = None) -> Run:
         proc = subprocess.run(

@@ -31,7 +31,9 @@ from voxloop.tts.sentences import SentenceSplitter, speakable
 # -- settings ---------------------------------------------------------------------------------
 def test_settings_precedence_flags_over_env_over_file(tmp_path):
     cfg = tmp_path / "voxloop.toml"
-    cfg.write_text('system_prompt = "from file"\n[llm]\nmodel = "file-model"\nmax_tokens = 50\n[vad]\nend_silence_ms = 700\n')
+    cfg.write_text(
+        'system_prompt = "from file"\n[llm]\nmodel = "file-model"\nmax_tokens = 50\n[vad]\nend_silence_ms = 700\n'
+    )
     env = {"VOXLOOP_LLM_MODEL": "env-model", "VOXLOOP_VAD_END_SILENCE_MS": "300", "VOXLOOP_TTS_SPEAK": "no"}
     s = load_settings({"llm": {"model": "flag-model"}}, config_file=str(cfg), environ=env)
     assert s.llm.model == "flag-model"
@@ -42,9 +44,9 @@ def test_settings_precedence_flags_over_env_over_file(tmp_path):
 
 
 def test_settings_errors_name_the_setting(tmp_path):
-    with pytest.raises(ConfigError, match="vad.engine"):
+    with pytest.raises(ConfigError, match=r"vad\.engine"):
         load_settings({"vad": {"engine": "nope"}}, environ={})
-    with pytest.raises(ConfigError, match="Unknown setting llm.modle"):
+    with pytest.raises(ConfigError, match=r"Unknown setting llm\.modle"):
         load_settings({"llm": {"modle": "x"}}, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_file=str(tmp_path / "missing.toml"), environ={})
@@ -89,9 +91,7 @@ def test_history_trimmed_from_oldest_never_the_system_prompt():
 
 # -- the OpenAI client against canned HTTP answers ---------------------------------------------
 def _sse(*pieces: str) -> bytes:
-    lines = [
-        "data: " + json.dumps({"choices": [{"delta": {"content": p}, "index": 0}]}) for p in pieces
-    ]
+    lines = ["data: " + json.dumps({"choices": [{"delta": {"content": p}, "index": 0}]}) for p in pieces]
     return ("\n\n".join([*lines, "data: [DONE]"]) + "\n\n").encode()
 
 
@@ -113,7 +113,9 @@ async def test_streams_and_picks_first_model():
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "m1", "max_model_len": 4096}, {"id": "m2"}]})
         assert json.loads(request.content)["model"] == "m1"
-        return httpx.Response(200, content=_sse("Hel", "lo", "!"), headers={"content-type": "text/event-stream"})
+        return httpx.Response(
+            200, content=_sse("Hel", "lo", "!"), headers={"content-type": "text/event-stream"}
+        )
 
     chat = _client(handler)
     await chat.connect()
@@ -134,18 +136,37 @@ async def test_unknown_model_lists_served_ones():
 @pytest.mark.parametrize(
     ("response", "error", "words"),
     [
-        (httpx.Response(500, json={"error": {"message": "CUDA out of memory"}}), LLMServerError, "CUDA out of memory"),
+        (
+            httpx.Response(500, json={"error": {"message": "CUDA out of memory"}}),
+            LLMServerError,
+            "CUDA out of memory",
+        ),
         (httpx.Response(503, text="busy"), LLMServerError, "overloaded"),
-        (httpx.Response(200, text="<html>hi</html>", headers={"content-type": "text/html"}), LLMProtocolError, "OpenAI"),
+        (
+            httpx.Response(200, text="<html>hi</html>", headers={"content-type": "text/html"}),
+            LLMProtocolError,
+            "OpenAI",
+        ),
         (
             httpx.Response(400, json={"error": {"message": "maximum context length is 2048 tokens"}}),
             LLMContextOverflowError,
             "context",
         ),
         (
-            httpx.Response(200, content=b"data: {not json\n\n", headers={"content-type": "text/event-stream"}),
+            httpx.Response(
+                200, content=b"data: {not json\n\n", headers={"content-type": "text/event-stream"}
+            ),
             LLMProtocolError,
             "not JSON",
+        ),
+        (
+            httpx.Response(
+                200,
+                content=_sse("Hi")[: -len("data: [DONE]") - 2],
+                headers={"content-type": "text/event-stream"},
+            ),
+            LLMUnavailableError,
+            "lost mid-reply",
         ),
     ],
 )

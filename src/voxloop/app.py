@@ -42,14 +42,19 @@ def open_sink(settings: Settings, sample_rate: int, printer: Printer) -> AudioSi
     try:
         return SpeakerSink(sample_rate)
     except AudioDeviceError as exc:
-        printer.info(f"warning: {exc}")
+        printer.info(f"warning: {exc} Replies are not played; --no-speak silences this warning.")
         return NullSink()
 
 
 async def chat(settings: Settings, printer: Printer, input_path: str | None = None) -> list[TurnDone]:
     """A spoken conversation from a recording or the microphone. Returns the finished turns."""
-    # A bad file fails here, before any model loads.
-    source: AudioSource = ArraySource(load_audio(input_path)) if input_path else MicSource()
+    # A bad file or a missing microphone fails here, before any model loads.
+    source: AudioSource
+    if input_path:
+        source = ArraySource(load_audio(input_path))
+    else:
+        source = mic = MicSource()
+        mic.check()
     with llm_url(settings, printer) as url:
         model = OpenAIChat(url, settings.llm)
         try:

@@ -40,7 +40,7 @@ class HumanPrinter:
         if isinstance(event, Transcript):
             self.out.write(f"User: {event.text}\n")
         elif isinstance(event, ReplyDelta):
-            text = event.text
+            text = event.text.replace("\n", " ")  # one "AI  :" line per reply
             if not self._replying:
                 self._replying = True
                 self.out.write("AI  : ")

@@ -72,10 +72,7 @@ class SpeakerSink:
             )
             self._stream.start()
         except Exception as exc:
-            raise AudioDeviceError(
-                f"Cannot open the speaker ({exc}). Pass --no-speak to skip playback "
-                "(replies are still written with --output-dir)."
-            ) from None
+            raise AudioDeviceError(f"Cannot open the speaker ({exc}).") from None
         self.block = block
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_blocks)
         self._idle = threading.Event()

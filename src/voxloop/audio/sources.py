@@ -92,13 +92,16 @@ class MicSource:
         self.block = block
         self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=max_queue)
 
+    def check(self) -> None:
+        """Fail now, before models load, if there is no microphone to open."""
+        self._check_device(_import_sounddevice())
+
     def _check_device(self, sd: Any) -> None:
         try:
             sd.query_devices(self.device, kind="input")
         except Exception as exc:
             raise AudioDeviceError(
-                f"No microphone found ({exc}). Connect one, choose another with --device, "
-                "or pass --input FILE to use a recording."
+                f"No microphone found ({exc}). Connect one, or pass --input FILE to use a recording."
             ) from None
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:

@@ -189,11 +189,17 @@ class OpenAIChat:
                 async for line in response.aiter_lines():
                     piece = self._parse_event(line)
                     if piece is None:
-                        break
+                        return
                     if piece:
                         yield piece
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
+        # Every OpenAI-compatible server ends a stream with [DONE]; a body that stops before it
+        # was cut off (server killed, network lost).
+        raise LLMUnavailableError(
+            f"The connection to the LLM server at {self.url} was lost mid-reply. "
+            "Check that the server is still running."
+        )
 
     def _parse_event(self, line: str) -> str | None:
         """One SSE line -> text ('' for keep-alives and role-only chunks), None at [DONE]."""

@@ -1,0 +1,151 @@
+"""`voxloop chat` end to end, as a user runs it: real models, a real llama.cpp server process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import cer, noise, wer
+from voxloop.audio import save_wav
+from voxloop.audio.decode import load_audio
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_turn_transcript_reply_and_reply_audio(speech, voxloop, llm_server, tmp_path, transcriber):
+    question = "What is the capital of France?"
+    out = tmp_path / "out"
+    run = voxloop(
+        "chat",
+        "--input",
+        str(speech([question])),
+        "--llm-url",
+        llm_server,
+        "--no-speak",
+        "--json",
+        "-o",
+        str(out),
+    )
+    assert run.code == 0, run.err
+    done = [e for e in run.events() if e["type"] == "turn_done"]
+    assert len(done) == 1
+    turn = done[0]
+    assert wer(question, turn["user"]) <= 0.25
+    assert turn["assistant"].strip()
+    assert set(turn["timings"]) >= {
+        "endpoint_wait_ms",
+        "stt_ms",
+        "llm_first_token_ms",
+        "speech_end_to_first_audio_ms",
+    }
+    # The reply audio says the reply: hibari -> tiny.en round trip.
+    heard = transcriber.transcribe(load_audio(turn["reply_audio"]))
+    assert cer(turn["assistant"], heard) <= 0.25, (turn["assistant"], heard)
+    saved = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
+    assert saved[0]["user"] == turn["user"] and saved[0]["assistant"] == turn["assistant"]
+
+
+def test_human_output_is_user_and_ai_lines(speech, voxloop, llm_server):
+    run = voxloop("chat", "--input", str(speech(["Hello there!"])), "--llm-url", llm_server, "--no-speak")
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].lower().startswith("user: hello there")
+    assert lines[1].startswith("AI  : ") and len(lines[1]) > len("AI  : ")
+    assert "stt" in lines[2] and "first audio" in lines[2]
+
+
+def test_two_turns_second_request_carries_first_and_system_prompt(speech, voxloop, proxy):
+    wav = speech(["My name is Alice.", "What is my name?"])
+    run = voxloop(
+        "chat",
+        "--input",
+        str(wav),
+        "--llm-url",
+        proxy.url,
+        "--no-speak",
+        "--json",
+        "--system",
+        "You are Pip.",
+    )
+    assert run.code == 0, run.err
+    done = [e for e in run.events() if e["type"] == "turn_done"]
+    assert len(done) == 2
+    assert len(proxy.chats) == 2
+    first, second = proxy.chats
+    assert first["stream"] is True
+    assert first["messages"] == [
+        {"role": "system", "content": "You are Pip."},
+        {"role": "user", "content": done[0]["user"]},
+    ]
+    assert second["messages"] == [
+        {"role": "system", "content": "You are Pip."},
+        {"role": "user", "content": done[0]["user"]},
+        {"role": "assistant", "content": done[0]["assistant"]},
+        {"role": "user", "content": done[1]["user"]},
+    ]
+    assert wer("what is my name", done[1]["user"]) <= 0.25
+    # The model name was discovered from /v1/models, not guessed.
+    assert first["model"] == "SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_short_yes_is_a_turn(speech, voxloop, llm_server):
+    run = voxloop("chat", "--input", str(speech(["Yes."])), "--llm-url", llm_server, "--no-speak", "--json")
+    assert run.code == 0, run.err
+    done = [e for e in run.events() if e["type"] == "turn_done"]
+    assert [d["user"].lower().strip(".!") for d in done] == ["yes"]
+
+
+@pytest.mark.parametrize("kind", ["silence", "white-noise"])
+def test_silence_and_noise_are_no_turn(kind, voxloop, proxy, tmp_path):
+    wav = tmp_path / f"{kind}.wav"
+    save_wav(wav, np.zeros(16000 * 3, np.float32) if kind == "silence" else noise(3.0, 0.1), 16000)
+    run = voxloop("chat", "--input", str(wav), "--llm-url", proxy.url, "--no-speak", "--json")
+    assert run.code == 0, run.err
+    assert [e for e in run.events() if e["type"] == "turn_done"] == []
+    assert proxy.chats == []
+    assert "No speech was heard" in run.err
+
+
+def test_embedded_default_server_starts_and_stops(speech, voxloop):
+    """No --llm-url: voxloop starts llama.cpp for the command and stops it after."""
+    run = voxloop("chat", "--input", str(speech(["Hello there!"])), "--no-speak", "--json")
+    assert run.code == 0, run.err
+    assert "Starting the embedded LLM" in run.err
+    assert next(e["assistant"] for e in run.events() if e["type"] == "turn_done").strip()
+
+
+def test_llm_start_status_stop_and_chat_reuses_it(speech, voxloop):
+    from voxloop.llm.server import free_port
+
+    port = str(free_port())
+    start = voxloop("llm", "start", "--port", port)
+    try:
+        assert start.code == 0, start.err
+        assert start.out.strip() == f"http://127.0.0.1:{port}/v1"
+        status = voxloop("llm", "status")
+        assert status.code == 0 and "ready" in status.out and port in status.out
+        run = voxloop("chat", "--input", str(speech(["Hello there!"])), "--no-speak")
+        assert run.code == 0, run.err
+        assert "Starting the embedded LLM" not in run.err
+    finally:
+        stop = voxloop("llm", "stop")
+    assert stop.code == 0 and "Stopped" in stop.out
+    after = voxloop("llm", "status")
+    assert after.code == 3 and "Not running" in after.out
+
+
+def test_say_writes_speech_that_transcribes_back(voxloop, tmp_path, transcriber):
+    out = tmp_path / "hello.wav"
+    run = voxloop("say", "The weather is sunny today.", "-o", str(out))
+    assert run.code == 0, run.err
+    assert wer("the weather is sunny today", transcriber.transcribe(load_audio(out))) <= 0.2
+
+
+def test_doctor_reports_models_and_devices(voxloop, llm_server):
+    run = voxloop("doctor", "--llm-url", llm_server)
+    assert run.code == 0, run.err
+    assert "ok      STT model" in run.out and "tiny" not in run.err
+    assert "ok      LLM server" in run.out
+    assert "problem microphone" in run.out  # this machine has no sound card
