@@ -121,3 +121,8 @@ def test_no_microphone(voxloop):
 def test_bad_setting_value(voxloop, tmp_path):
     run = voxloop("chat", "--input", "x.wav", extra_env={"VOXLOOP_VAD_END_SILENCE_MS": "soon"})
     one_clear_line(run, 2, "vad.end_silence_ms", "soon")
+
+
+def test_stt_model_name_is_never_downloaded_by_default(speech, voxloop):
+    run = voxloop("transcribe", str(speech(["Hello there!"])), "--stt-model", "medium.en")
+    one_clear_line(run, 5, "medium.en", "--stt-allow-download")

@@ -18,15 +18,8 @@ pytestmark = pytest.mark.integration
 
 def turns_in(samples: np.ndarray, settings: VadSettings | None = None) -> list[SpeechEnded]:
     endpointer = make_endpointer(settings or VadSettings())
-    source = ArraySource(samples)
-    out = []
-    for start in range(0, len(source.samples), source.block):
-        out += [
-            e
-            for e in endpointer.feed(source.samples[start : start + source.block])
-            if isinstance(e, SpeechEnded)
-        ]
-    return out
+    blocks = ArraySource(samples).iter_blocks()
+    return [e for block in blocks for e in endpointer.feed(block) if isinstance(e, SpeechEnded)]
 
 
 def test_one_word_yes_is_a_turn_but_the_reference_drops_it(speech, transcriber):

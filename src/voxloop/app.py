@@ -89,9 +89,8 @@ def transcribe(settings: Settings, path: str) -> list[SpeechEnded | str]:
     transcriber = WhisperTranscriber(settings.stt)
     endpointer = make_endpointer(settings.vad)
     out: list[SpeechEnded | str] = []
-    source = ArraySource(samples)
-    for start in range(0, len(source.samples), source.block):
-        for event in endpointer.feed(source.samples[start : start + source.block]):
+    for block in ArraySource(samples).iter_blocks():
+        for event in endpointer.feed(block):
             if isinstance(event, SpeechEnded):
                 text = transcriber.transcribe(event.audio)
                 if text:

@@ -59,7 +59,7 @@ def run_checks(settings: Settings) -> list[Check]:
     ]
 
     def stt() -> str:
-        path = Path(resolve_model(settings.stt.model, settings.stt.allow_download))
+        path = Path(resolve_model(settings.stt.model))
         return f"{path} ({_size(path)}, {settings.stt.compute_type})" if path.exists() else str(path)
 
     checks.append(_guarded("STT model", stt))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from voxloop.audio.sink import AudioSink
 from voxloop.audio.sources import AudioSource
 from voxloop.conversation import Conversation, ConversationLog
 from voxloop.errors import LLMContextOverflowError, LLMError
-from voxloop.events import AudioChunk, ErrorEvent, ReplyDelta, SpeechEnded, Transcript, TurnDone
+from voxloop.events import (
+    AudioChunk,
+    ErrorEvent,
+    ReplyDelta,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+    TurnDone,
+)
 from voxloop.llm import ChatModel
 from voxloop.printer import Printer
 from voxloop.settings import Settings
@@ -79,19 +88,30 @@ class Assistant:
         """Listen until the source ends; answer every turn. Returns the finished turns."""
         endpointer = endpointer or make_endpointer(self.settings.vad, source.sample_rate)
         done: list[TurnDone] = []
-        async for block in source.blocks():
-            for event in endpointer.feed(block):
-                self.printer.emit(event)
-                if isinstance(event, SpeechEnded):
-                    turn = await self.answer(event)
-                    if turn is not None:
-                        done.append(turn)
-                    if source.live:
-                        # Half-duplex: what the microphone heard while voxloop spoke is not a turn.
-                        await self.sink.drain()
-                        source.discard_pending()
-                        endpointer.reset()
+        loop = asyncio.get_running_loop()
+        # The VAD (ONNX Runtime) keeps one thread of its own, off the event loop.
+        with ThreadPoolExecutor(1, thread_name_prefix="vad") as vad_thread:
+            async for block in source.blocks():
+                events = await loop.run_in_executor(vad_thread, endpointer.feed, block)
+                done += await self._handle(events, source, endpointer)
         await self.sink.drain()
+        return done
+
+    async def _handle(
+        self, events: list[SpeechStarted | SpeechEnded], source: AudioSource, endpointer: Endpointer
+    ) -> list[TurnDone]:
+        done: list[TurnDone] = []
+        for event in events:
+            self.printer.emit(event)
+            if isinstance(event, SpeechEnded):
+                turn = await self.answer(event)
+                if turn is not None:
+                    done.append(turn)
+                if source.live:
+                    # Half-duplex: what the microphone heard while voxloop spoke is not a turn.
+                    await self.sink.drain()
+                    source.discard_pending()
+                    endpointer.reset()
         return done
 
     async def answer(self, speech: SpeechEnded) -> TurnDone | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,9 +52,13 @@ class ArraySource:
         self.samples = np.concatenate([samples.astype(np.float32, copy=False), pad])
         self.block = block
 
-    async def blocks(self) -> AsyncIterator[np.ndarray]:
+    def iter_blocks(self) -> Iterator[np.ndarray]:
         for start in range(0, len(self.samples), self.block):
             yield self.samples[start : start + self.block]
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        for block in self.iter_blocks():
+            yield block
             await asyncio.sleep(0)
 
     def discard_pending(self) -> None:

