@@ -79,13 +79,22 @@ class ServerInfo:
     log: str
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return pid_alive(self.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def state_file() -> Path:
@@ -205,16 +214,14 @@ def save_state(info: ServerInfo) -> None:
 
 
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM, wait for it to go, SIGKILL if it will not."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                finished, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not our child: poll for it to vanish
-                finished = 0
-                os.kill(pid, 0)
-            if finished:
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            if not pid_alive(pid):
                 return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
