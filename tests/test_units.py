@@ -272,3 +272,40 @@ async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, ca
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in out].count("turn_done") == 3
     assert any(e["type"] == "error" and "Turn 2" in e["message"] for e in out)
+
+
+class LoopingChat(FakeChat):
+    """A tiny model stuck in a loop; records whether voxloop closed the stream early."""
+
+    closed_early = False
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        try:
+            yield "I'm a voice. "
+            for _ in range(50):
+                yield "I'm a voice. "
+        except GeneratorExit:
+            LoopingChat.closed_early = True
+            raise
+
+
+async def test_a_looping_reply_is_cut_and_the_stream_closed():
+    chat = LoopingChat()
+    assistant = Assistant(
+        Settings(), FakeTranscriber(["hi", "again"]), chat, FakeSynth(), NullSink(), JsonPrinter()
+    )
+    turns = await assistant.run(BlocksSource(2), ScriptedEndpointer())
+    assert turns[0].assistant == "I'm a voice."
+    assert LoopingChat.closed_early
+    assert chat.requests[1][-2] == {"role": "assistant", "content": "I'm a voice."}
+
+
+def test_loop_guard_spots_word_runs_not_normal_speech():
+    from voxloop.tts.sentences import LoopGuard
+
+    guard = LoopGuard()
+    assert guard.stuck("I'm sorry, sorry, sorry, sorry")
+    assert not guard.stuck("It is very, very good to see you")
+    assert not guard.repeats("A spider has eight legs.")
+    assert guard.repeats("a spider has eight legs!")

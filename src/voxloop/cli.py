@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "--llm-model", metavar="NAME", help="model name on the server (default: the first it lists)"
     )
     chat.add_argument("--system", metavar="TEXT", help="system prompt")
-    chat.add_argument("--max-tokens", type=int, metavar="N", help="longest reply in tokens (default 160)")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="longest reply in tokens (default 96)")
     chat.add_argument(
         "--no-speak",
         action="store_true",

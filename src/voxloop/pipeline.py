@@ -36,7 +36,7 @@ from voxloop.printer import Printer
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
 from voxloop.tts import Synthesizer
-from voxloop.tts.sentences import SentenceSplitter
+from voxloop.tts.sentences import LoopGuard, SentenceSplitter
 from voxloop.vad import Endpointer, make_endpointer
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def _ms(since: float) -> float:
 class _Reply:
     """What one reply produced so far (kept even if the LLM fails half-way)."""
 
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # as streamed
+    sentences: list[str] = field(default_factory=list)  # as spoken: what the history keeps
     audio: list[np.ndarray] = field(default_factory=list)
     first_token: float | None = None
     first_sentence: float | None = None
@@ -136,7 +137,7 @@ class Assistant:
             error = str(exc)
             self.failed_turns += 1
             self.printer.emit(ErrorEvent(f"Turn {index} got no complete reply: {error}"))
-        assistant = "".join(reply.text).strip()
+        assistant = " ".join(reply.sentences)
 
         timings["llm_total_ms"] = _ms(started)
         if reply.first_token is not None:
@@ -191,7 +192,7 @@ class Assistant:
             try:
                 await self._generate(text, reply, started, sentences, drop_oldest=0)
             except LLMContextOverflowError:
-                if reply.text:
+                if reply.text:  # the server fails before the first token, or not this way
                     raise
                 # The estimate was off: keep only the newest exchange and try once more.
                 log.warning("context overflow; retrying with the oldest history dropped")
@@ -217,22 +218,36 @@ class Assistant:
         llm = self.settings.llm
         messages = self.conversation.request(text, self.chat.context_tokens, llm.max_tokens, drop_oldest)
         splitter = SentenceSplitter()
+        guard = LoopGuard()
         stream = self.chat.stream(messages)
+        streamed = ""
         try:
             async for delta in stream:
                 if reply.first_token is None:
                     reply.first_token = time.perf_counter()
                 reply.text.append(delta)
+                streamed += delta
                 self.printer.emit(ReplyDelta(delta))
+                if guard.stuck(streamed[-120:]):
+                    log.info("reply stuck in a loop; stopped")
+                    return
                 for sentence in splitter.feed(delta):
-                    reply.first_sentence = reply.first_sentence or time.perf_counter()
-                    await sentences.put(sentence)
+                    if guard.repeats(sentence):
+                        log.info("reply repeats itself; stopped")
+                        return
+                    await self._say(sentence, reply, sentences)
         finally:
+            # Closing the stream early closes the connection, which stops generation.
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
         for sentence in splitter.flush():
-            reply.first_sentence = reply.first_sentence or time.perf_counter()
-            await sentences.put(sentence)
+            await self._say(sentence, reply, sentences)
+
+    @staticmethod
+    async def _say(sentence: str, reply: _Reply, sentences: asyncio.Queue[str | None]) -> None:
+        reply.first_sentence = reply.first_sentence or time.perf_counter()
+        reply.sentences.append(sentence)
+        await sentences.put(sentence)
 
     async def _speak(self, sentences: asyncio.Queue[str | None], reply: _Reply) -> None:
         while (sentence := await sentences.get()) is not None:

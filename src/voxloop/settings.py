@@ -74,7 +74,7 @@ class LlmSettings:
     urls: tuple[str, ...] = ()  # empty = the embedded llama.cpp server
     model: str = ""  # "" = the first model the server lists
     temperature: float = 0.7
-    max_tokens: int = 160
+    max_tokens: int = 96  # a spoken reply is one to three short sentences
     context_tokens: int = 0  # 0 = ask the server
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0

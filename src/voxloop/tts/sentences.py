@@ -48,3 +48,36 @@ class SentenceSplitter:
         """The rest of the reply once the stream has ended."""
         text, self._buffer = speakable(self._buffer), ""
         return [text] if text else []
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+class LoopGuard:
+    """Notices a reply that has fallen into a loop, which tiny models do ("I'm sorry, sorry,
+    sorry, …" or the same sentence again and again), so the stream can be closed and the loop
+    is neither spoken nor fed back into the history."""
+
+    def __init__(self, max_run: int = 4) -> None:
+        self.max_run = max_run
+        self._sentences: set[tuple[str, ...]] = set()
+
+    def repeats(self, sentence: str) -> bool:
+        """True for a sentence already said in this reply."""
+        key = tuple(_words(sentence))
+        if not key:
+            return False
+        if key in self._sentences:
+            return True
+        self._sentences.add(key)
+        return False
+
+    def stuck(self, recent_text: str) -> bool:
+        """True when the same word or two-word phrase repeats ``max_run`` times in a row."""
+        words = _words(recent_text)
+        for size in (1, 2):
+            tail = words[-size * self.max_run :]
+            if len(tail) == size * self.max_run and all(tail[i] == tail[i % size] for i in range(len(tail))):
+                return True
+        return False
