@@ -61,6 +61,7 @@ class SttSettings:
     device: str = "cpu"
     threads: int = 2
     beam_size: int = 1
+    window_s: float = 10.0  # encoder window for short utterances (Whisper's own is 30 s)
     language: str = "en"
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
