@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def turns_in(samples: np.ndarray, settings: VadSettings | None = None) -> list[SpeechEnded]:
     endpointer = make_endpointer(settings or VadSettings())
     blocks = ArraySource(samples).iter_blocks()
-    return [e for block in blocks for e in endpointer.feed(block) if isinstance(e, SpeechEnded)]
+    return [e for block in blocks for e in endpointer.feed(block) if isinstance(e, SpeechEnded) and e.final]
 
 
 def test_one_word_yes_is_a_turn_but_the_reference_drops_it(speech, transcriber):
@@ -75,3 +75,28 @@ def test_input_formats_transcribe_alike(kind, speech, tmp_path, voxloop):
     run = voxloop("transcribe", str(path))
     assert run.code == 0, run.err
     assert wer(text, run.out) <= 0.25, run.out
+
+
+def test_short_window_stt_matches_the_30s_window(synthesizer, transcriber):
+    """The 10 s encoder window must not cost accuracy: compare with Whisper's own 30 s path."""
+    from voxloop.audio.speech import spoken_turns
+    from voxloop.settings import SttSettings
+    from voxloop.stt.whisper import WhisperTranscriber
+
+    full = WhisperTranscriber(SttSettings(window_s=30))
+    texts = [
+        "Yes.",
+        "No, thank you.",
+        "What is the capital of France?",
+        "Could you set a timer for ten minutes and remind me to check the oven?",
+        "My name is Alice. What is my name?",
+        "Tell me a fun fact about the moon, please.",
+        "I would like to hear some quiet piano music while I read my book tonight.",
+    ]
+    fast_text, full_text = [], []
+    for text in texts:
+        audio = spoken_turns(synthesizer, [text], lead_s=0.2)
+        fast_text.append(transcriber.transcribe(audio))
+        full_text.append(full.transcribe(audio))
+    assert wer(" ".join(full_text), " ".join(fast_text)) <= 0.05, (full_text, fast_text)
+    assert wer(" ".join(texts), " ".join(fast_text)) <= 0.15

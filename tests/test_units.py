@@ -238,6 +238,7 @@ class ScriptedEndpointer:
 class BlocksSource:
     sample_rate = 16000
     live = False
+    started_at = None
 
     def __init__(self, n: int) -> None:
         self.n = n

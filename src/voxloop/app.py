@@ -11,7 +11,7 @@ from pathlib import Path
 from voxloop.audio import save_wav
 from voxloop.audio.decode import load_audio
 from voxloop.audio.sink import AudioSink, NullSink, SpeakerSink
-from voxloop.audio.sources import ArraySource, AudioSource, MicSource
+from voxloop.audio.sources import ArraySource, AudioSource, MicSource, RealtimeSource
 from voxloop.errors import AudioDeviceError, LLMError
 from voxloop.events import SpeechEnded, TurnDone
 from voxloop.llm.openai_http import OpenAIChat
@@ -46,12 +46,15 @@ def open_sink(settings: Settings, sample_rate: int, printer: Printer) -> AudioSi
         return NullSink()
 
 
-async def chat(settings: Settings, printer: Printer, input_path: str | None = None) -> list[TurnDone]:
+async def chat(
+    settings: Settings, printer: Printer, input_path: str | None = None, realtime: bool = False
+) -> list[TurnDone]:
     """A spoken conversation from a recording or the microphone. Returns the finished turns."""
     # A bad file or a missing microphone fails here, before any model loads.
     source: AudioSource
     if input_path:
-        source = ArraySource(load_audio(input_path))
+        samples = load_audio(input_path)
+        source = RealtimeSource(samples) if realtime else ArraySource(samples)
     else:
         source = mic = MicSource()
         mic.check()
@@ -91,7 +94,7 @@ def transcribe(settings: Settings, path: str) -> list[SpeechEnded | str]:
     out: list[SpeechEnded | str] = []
     for block in ArraySource(samples).iter_blocks():
         for event in endpointer.feed(block):
-            if isinstance(event, SpeechEnded):
+            if isinstance(event, SpeechEnded) and event.final:
                 text = transcriber.transcribe(event.audio)
                 if text:
                     out += [event, text]

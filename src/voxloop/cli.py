@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a recording (WAV/FLAC/OGG/MP3) instead of the microphone",
     )
     chat.add_argument(
+        "--realtime", action="store_true",
+        help="feed --input at speech speed, as a microphone would (for latency measurements)",
+    )  # fmt: skip
+    chat.add_argument(
         "--llm-url", action="append", metavar="URL",
         help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (default: embedded llama.cpp)",
     )  # fmt: skip
@@ -141,7 +145,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import chat, failed
 
     printer = make_printer(settings.output.json)
-    turns = asyncio.run(chat(settings, printer, args.input))
+    turns = asyncio.run(chat(settings, printer, args.input, realtime=args.realtime))
     if not turns:
         printer.info("No speech was heard" + (f" in {args.input}." if args.input else "."))
     return failed(turns)

@@ -12,24 +12,35 @@ import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
+class Ready:
+    """The audio clock starts: sample 0 of the input is being fed now."""
+
+    wall: float  # time.perf_counter() at sample 0
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechStarted:
-    """The VAD heard the start of an utterance."""
+    """The VAD heard the start of an utterance (``resumed``: the user went on after a pause
+    that voxloop had already started answering)."""
 
     at_s: float
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SpeechEnded:
     """An utterance ended: its audio (16 kHz mono float32) and where it sat on the audio clock.
 
-    ``endpoint_at_s`` is when the endpointer decided the turn was over (speech end plus the
-    silence it waited for).
+    ``endpoint_at_s`` is when the endpointer decided (speech end plus the silence it waited
+    for). ``final`` is False for a pause that may still be followed by more speech: voxloop
+    starts transcribing and answering it speculatively, and commits once the pause is final.
     """
 
     audio: np.ndarray = field(repr=False)
     start_s: float
     end_s: float
     endpoint_at_s: float
+    final: bool = True
 
     @property
     def duration_s(self) -> float:
@@ -38,10 +49,11 @@ class SpeechEnded:
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
-    """What the user said in one turn."""
+    """What the user said in one turn (``partial``: so far, while still talking)."""
 
     text: str
     stt_ms: float
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,7 @@ class AudioChunk:
     samples: np.ndarray = field(repr=False)
     sample_rate: int
     text: str
+    first: bool = False  # the reply's first audio: the moment latency is measured to
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,4 +92,4 @@ class ErrorEvent:
     message: str
 
 
-Event = SpeechStarted | SpeechEnded | Transcript | ReplyDelta | AudioChunk | TurnDone | ErrorEvent
+Event = Ready | SpeechStarted | SpeechEnded | Transcript | ReplyDelta | AudioChunk | TurnDone | ErrorEvent

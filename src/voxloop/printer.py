@@ -7,8 +7,10 @@ import sys
 from typing import Any, TextIO
 
 from voxloop.events import (
+    AudioChunk,
     ErrorEvent,
     Event,
+    Ready,
     ReplyDelta,
     SpeechEnded,
     SpeechStarted,
@@ -37,7 +39,7 @@ class HumanPrinter:
         self._dim = self.out.isatty()
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, Transcript):
+        if isinstance(event, Transcript) and not event.partial:
             self.out.write(f"User: {event.text}\n")
         elif isinstance(event, ReplyDelta):
             text = event.text.replace("\n", " ")  # one "AI  :" line per reply
@@ -81,7 +83,12 @@ class JsonPrinter:
         self.out.flush()
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, SpeechStarted):
+        if isinstance(event, Ready):
+            self._write({"type": "ready"})
+        elif isinstance(event, AudioChunk):
+            if event.first:
+                self._write({"type": "first_audio", "text": event.text})
+        elif isinstance(event, SpeechStarted):
             self._write({"type": "speech_started", "at_s": round(event.at_s, 3)})
         elif isinstance(event, SpeechEnded):
             self._write(

@@ -45,7 +45,11 @@ class VadSettings:
 
     engine: Literal["silero", "webrtc"] = "silero"
     threshold: float = 0.5  # Silero speech probability that counts as speech
-    end_silence_ms: int = 500  # silence after speech that ends a turn
+    end_silence_ms: int = 600  # silence after speech that ends a turn (before the words are known)
+    adaptive: bool = True  # shorter silence after a finished sentence, longer mid-phrase
+    complete_silence_ms: int = 400
+    incomplete_silence_ms: int = 900
+    spec_silence_ms: int = 160  # start transcribing and answering this early in a pause (0: off)
     min_speech_ms: int = 250  # shorter voiced blips are not a turn
     min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them
     pre_roll_ms: int = 200  # audio kept before the detected start (soft consonants)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from voxloop.audio.decode import STT_RATE, load_audio
+from voxloop.audio.decode import STT_RATE
 from voxloop.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class AudioSource(Protocol):
 
     sample_rate: int
     live: bool  # a microphone (True) or a recording (False)
+    started_at: float | None  # perf_counter() at sample 0 for sources that run in real time
 
     def blocks(self) -> AsyncIterator[np.ndarray]: ...
 
@@ -44,6 +45,7 @@ class ArraySource:
 
     sample_rate = STT_RATE
     live = False
+    started_at: float | None = None
 
     def __init__(self, samples: np.ndarray, block: int = BLOCK, tail_silence_s: float = 1.5) -> None:
         # Silence after the last word lets the endpointer close a final turn that the
@@ -65,10 +67,18 @@ class ArraySource:
         """A recording has no 'while busy': every turn in it is kept."""
 
 
-class FileSource(ArraySource):
-    def __init__(self, path: str | Path, block: int = BLOCK) -> None:
-        super().__init__(load_audio(path), block)
-        self.path = Path(path)
+class RealtimeSource(ArraySource):
+    """Audio in memory fed at speech speed, exactly as a microphone would deliver it, so that
+    latency measured on a file is latency on a microphone (``--realtime``)."""
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        self.started_at = t0 = time.perf_counter()
+        for i, block in enumerate(self.iter_blocks()):
+            # Block i is complete once its last sample has been "spoken".
+            delay = t0 + (i + 1) * self.block / self.sample_rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield block
 
 
 def _import_sounddevice() -> Any:
@@ -90,6 +100,7 @@ class MicSource:
 
     sample_rate = STT_RATE
     live = True
+    started_at: float | None = None
 
     def __init__(self, device: str | int | None = None, block: int = BLOCK, max_queue: int = 2000) -> None:
         self.device = device
@@ -137,6 +148,7 @@ class MicSource:
                 "close it or pass --input FILE."
             ) from None
         with stream:
+            self.started_at = time.perf_counter()
             while True:
                 yield await self._queue.get()
 

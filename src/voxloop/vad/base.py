@@ -17,6 +17,12 @@ class Endpointer(Protocol):
     def reset(self) -> None:
         """Forget any half-heard utterance (after voxloop spoke in half-duplex mode)."""
 
+    def hint(self, complete: bool) -> None:
+        """The words of the current pause form a finished sentence (or not)."""
+
+    def current_audio(self) -> np.ndarray | None:
+        """The utterance so far while it goes on (for interim transcripts), else None."""
+
 
 class Framer:
     """Cuts a stream of arbitrary blocks into fixed frames, counting samples for the audio clock."""

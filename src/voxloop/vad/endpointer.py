@@ -87,11 +87,24 @@ class SileroEndpointer:
         self._voiced = 0  # voiced samples in this utterance
         self._last_voiced_end = 0  # sample index just after the last voiced step
         self._silence = 0  # samples of silence since the last voiced step
+        self._pause_reported = False  # a speculative SpeechEnded went out for this pause
+        self._required = self.settings.end_silence_ms  # silence (ms) that ends this pause
 
     def reset(self) -> None:
         self.vad.reset()
         self._pre_roll.clear()
         self._start_new()
+
+    def hint(self, complete: bool) -> None:
+        """What the words so far say: a finished sentence ends the turn after a short pause,
+        a phrase that is clearly not finished ("…and", "I'd like to") after a longer one."""
+        s = self.settings
+        if self._in_speech and s.adaptive:
+            self._required = s.complete_silence_ms if complete else s.incomplete_silence_ms
+
+    def current_audio(self) -> np.ndarray | None:
+        """The utterance heard so far, while it is still going on."""
+        return np.concatenate(self._chunks) if self._in_speech and self._announced else None
 
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         events: list[SpeechStarted | SpeechEnded] = []
@@ -125,11 +138,30 @@ class SileroEndpointer:
             self._voiced += STEP
             self._last_voiced_end = at + STEP
             self._silence = 0
+            if self._pause_reported:
+                # The user went on after a pause voxloop had started answering: call it off.
+                self._pause_reported = False
+                self._required = s.end_silence_ms
+                return SpeechStarted(at_s=at / self.rate, resumed=True)
             return self._maybe_announce()
         self._silence += STEP
-        if self._silence * 1000 < s.end_silence_ms * self.rate:
-            return None
-        return self._finish(at + STEP)
+        silence_ms = self._silence * 1000 / self.rate
+        if silence_ms >= self._required:
+            return self._finish(at + STEP)
+        if (
+            s.spec_silence_ms
+            and not self._pause_reported
+            and silence_ms >= s.spec_silence_ms
+            and self._is_turn()
+        ):
+            self._pause_reported = True
+            return self._ended(at + STEP, final=False)
+        return None
+
+    def _is_turn(self) -> bool:
+        s = self.settings
+        long_enough = (self._last_voiced_end - self._start) * 1000 >= s.min_utterance_ms * self.rate
+        return long_enough and self._voiced * 1000 >= s.min_speech_ms * self.rate
 
     def _maybe_announce(self) -> SpeechStarted | None:
         if self._announced or self._voiced * 1000 < self.settings.min_speech_ms * self.rate:
@@ -137,21 +169,22 @@ class SileroEndpointer:
         self._announced = True
         return SpeechStarted(at_s=self._start / self.rate)
 
-    def _finish(self, now: int) -> SpeechEnded | None:
-        s = self.settings
+    def _ended(self, now: int, final: bool) -> SpeechEnded:
         audio = np.concatenate(self._chunks)
         # Keep a little trailing silence: Whisper transcribes a clipped last word worse.
         keep = min(len(audio), self._last_voiced_end - self._start + int(0.2 * self.rate))
-        start, end = self._start, self._last_voiced_end
-        voiced_ms = self._voiced * 1000 / self.rate
-        self._pre_roll.clear()
-        self._start_new()
-        if voiced_ms < s.min_speech_ms or (end - start) * 1000 < s.min_utterance_ms * self.rate:
-            log.debug("dropped a %.0f ms blip", voiced_ms)
-            return None
         return SpeechEnded(
             audio=audio[:keep],
-            start_s=max(0, start) / self.rate,
-            end_s=end / self.rate,
+            start_s=max(0, self._start) / self.rate,
+            end_s=self._last_voiced_end / self.rate,
             endpoint_at_s=now / self.rate,
+            final=final,
         )
+
+    def _finish(self, now: int) -> SpeechEnded | None:
+        event = self._ended(now, final=True) if self._is_turn() else None
+        if event is None:
+            log.debug("dropped a %.0f ms blip", self._voiced * 1000 / self.rate)
+        self._pre_roll.clear()
+        self._start_new()
+        return event

@@ -46,6 +46,12 @@ class ReferenceEndpointer:
     def reset(self) -> None:
         self._start_new()
 
+    def hint(self, complete: bool) -> None:
+        """The reference waits its fixed second whatever was said."""
+
+    def current_audio(self) -> np.ndarray | None:
+        return np.concatenate(self._voiced) if self._voiced else None
+
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         events: list[SpeechStarted | SpeechEnded] = []
         start = self._framer.consumed

@@ -1,0 +1,234 @@
+"""One reply in the making: STT -> LLM stream -> sentences -> TTS, started as soon as the user
+pauses and held back until the pause is known to be the end of the turn.
+
+A job started on a pause that turns out not to be the end (the user goes on) is cancelled: its
+LLM stream is closed, which stops generation on the server, and nothing of it was shown or
+played. A committed job releases what it held at once and streams the rest as it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxloop.audio.sink import AudioSink
+from voxloop.conversation import Conversation
+from voxloop.errors import LLMContextOverflowError, LLMError
+from voxloop.events import AudioChunk, Event, ReplyDelta, SpeechEnded, Transcript
+from voxloop.llm import ChatModel
+from voxloop.settings import LlmSettings
+from voxloop.stt import Transcriber
+from voxloop.tts import Synthesizer
+from voxloop.tts.sentences import LoopGuard, SentenceSplitter
+
+log = logging.getLogger(__name__)
+
+_UNFINISHED = {
+    "and", "or", "but", "so", "because", "to", "the", "a", "an", "of", "with", "for", "in", "on",
+    "at", "my", "your", "is", "are", "was", "um", "uh", "like", "if", "then", "that", "which",
+}  # fmt: skip
+
+
+def sounds_finished(text: str) -> bool:
+    """Whether the words so far end a sentence: '?'/'!', or '.' not after a word that needs more."""
+    text = text.strip()
+    if not text or text.endswith(("...", "…", ",", "-")):
+        return False
+    if text.endswith(("?", "!")):
+        return True
+    if not text.endswith("."):
+        return False
+    words = text.rstrip(".").split()
+    return bool(words) and words[-1].lower().strip(",'\"") not in _UNFINISHED
+
+
+@dataclass
+class Models:
+    """The shared, loaded stages a reply runs on, with the threads they run in."""
+
+    transcriber: Transcriber
+    chat: ChatModel
+    synthesizer: Synthesizer
+    sink: AudioSink
+    stt_thread: Executor
+    tts_thread: Executor
+
+
+@dataclass
+class ReplyResult:
+    user: str = ""
+    sentences: list[str] = field(default_factory=list)  # as spoken: what the history keeps
+    audio: list[np.ndarray] = field(default_factory=list)
+    error: str | None = None
+    stt_ms: float = 0.0
+    llm_first_token_ms: float | None = None
+    first_sentence_ms: float | None = None
+    tts_ms: float = 0.0
+    first_audio_wall: float | None = None  # perf_counter() when the first audio was ready
+    llm_total_ms: float = 0.0
+
+
+class ReplyJob:
+    def __init__(
+        self,
+        models: Models,
+        conversation: Conversation,
+        llm: LlmSettings,
+        speech: SpeechEnded,
+        emit: Callable[[Event], None],
+        after: Awaitable[object] | None = None,
+        on_words: Callable[[str], None] | None = None,
+    ) -> None:
+        self.models = models
+        self.conversation = conversation
+        self.llm = llm
+        self.speech = speech
+        self._emit = emit
+        self._after = after  # the previous turn: its reply must be in the history first
+        self._on_words = on_words
+        self.started_wall = time.perf_counter()
+        self.started_audio_s = speech.endpoint_at_s
+        self.result = ReplyResult()
+        self.committed = False
+        self._held: list[Event] = []
+        self.transcribed = asyncio.Event()
+        self._playback: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._player = asyncio.create_task(self._play())
+        self.task = asyncio.create_task(self._run())
+
+    # -- control --------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """The pause was the end of the turn: show and play everything held, then stream."""
+        self.committed = True
+        held, self._held = self._held, []
+        for event in held:
+            self._deliver(event)
+
+    async def cancel(self) -> None:
+        """The user went on (or interrupted): stop, closing the LLM stream."""
+        for task in (self.task, self._player):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def finish(self) -> ReplyResult:
+        """Wait for the reply to be complete and queued for playback."""
+        result = await self.task
+        self._playback.put_nowait(None)
+        await self._player
+        return result
+
+    async def _play(self) -> None:
+        while (samples := await self._playback.get()) is not None:
+            await self.models.sink.play(samples)
+
+    def _out(self, event: Event) -> None:
+        if self.committed:
+            self._deliver(event)
+        else:
+            self._held.append(event)
+
+    def _deliver(self, event: Event) -> None:
+        self._emit(event)
+        if isinstance(event, AudioChunk):
+            self._playback.put_nowait(event.samples)  # the player task feeds the sink in order
+
+    # -- the work -------------------------------------------------------------------------------
+    async def _run(self) -> ReplyResult:
+        loop = asyncio.get_running_loop()
+        r = self.result
+        t0 = time.perf_counter()
+        r.user = await loop.run_in_executor(
+            self.models.stt_thread, self.models.transcriber.transcribe, self.speech.audio
+        )
+        r.stt_ms = (time.perf_counter() - t0) * 1000
+        self.transcribed.set()
+        if self._on_words is not None:
+            self._on_words(r.user)
+        if not r.user:
+            return r
+        self._out(Transcript(text=r.user, stt_ms=r.stt_ms))
+        if self._after is not None:
+            # Shielded: calling this job off must not call off the turn before it.
+            await asyncio.shield(self._after)
+        started = time.perf_counter()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak(sentences))
+        try:
+            try:
+                await self._generate(started, sentences, drop_oldest=0)
+            except LLMContextOverflowError:
+                if r.llm_first_token_ms is not None:
+                    raise
+                # The estimate was off: keep only the newest exchange and try once more.
+                log.warning("context overflow; retrying with the oldest history dropped")
+                await self._generate(started, sentences, len(self.conversation.exchanges) - 1)
+        except LLMError as exc:
+            r.error = str(exc)
+        finally:
+            r.llm_total_ms = (time.perf_counter() - started) * 1000
+            await sentences.put(None)
+            await speaker
+        return r
+
+    async def _generate(self, started: float, sentences: asyncio.Queue[str | None], drop_oldest: int) -> None:
+        r = self.result
+        chat = self.models.chat
+        messages = self.conversation.request(
+            r.user, chat.context_tokens, self.llm.max_tokens, max(0, drop_oldest)
+        )
+        splitter = SentenceSplitter()
+        guard = LoopGuard()
+        stream = chat.stream(messages)
+        streamed = ""
+        try:
+            async for delta in stream:
+                if r.llm_first_token_ms is None:
+                    r.llm_first_token_ms = (time.perf_counter() - started) * 1000
+                streamed += delta
+                self._out(ReplyDelta(delta))
+                if guard.stuck(streamed[-120:]):
+                    log.info("reply stuck in a loop; stopped")
+                    return
+                for sentence in splitter.feed(delta):
+                    if guard.repeats(sentence):
+                        log.info("reply repeats itself; stopped")
+                        return
+                    self._say(sentence, started, sentences)
+        finally:
+            # Closing the stream early closes the connection, which stops generation.
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        for sentence in splitter.flush():
+            self._say(sentence, started, sentences)
+
+    def _say(self, sentence: str, started: float, sentences: asyncio.Queue[str | None]) -> None:
+        r = self.result
+        if r.first_sentence_ms is None:
+            r.first_sentence_ms = (time.perf_counter() - started) * 1000
+        r.sentences.append(sentence)
+        sentences.put_nowait(sentence)
+
+    async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
+        loop = asyncio.get_running_loop()
+        r = self.result
+        synth = self.models.synthesizer
+        first = True
+        while (sentence := await sentences.get()) is not None:
+            t0 = time.perf_counter()
+            samples = await loop.run_in_executor(self.models.tts_thread, synth.synthesize, sentence)
+            r.tts_ms += (time.perf_counter() - t0) * 1000
+            if not len(samples):
+                continue
+            if r.first_audio_wall is None:
+                r.first_audio_wall = time.perf_counter()
+            r.audio.append(samples)
+            self._out(AudioChunk(samples=samples, sample_rate=synth.sample_rate, text=sentence, first=first))
+            first = False
