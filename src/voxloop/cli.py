@@ -106,6 +106,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("status", "show the running server"), ("stop", "stop the running server")):
         _common(llm_sub.add_parser(name, help=text))
 
+    bench = sub.add_parser("bench", help="latency: voxloop vs the reference pipeline on the same recordings")
+    bench.add_argument("--set", metavar="DIR", help="recordings + manifest.json (default benchmarks/set)")
+    bench.add_argument(
+        "--llm-url", action="append", metavar="URL", help="server both pipelines use (default: embedded)"
+    )
+    bench.add_argument("--llm-model", metavar="NAME", help="model name on the server")
+    bench.add_argument("--limit", type=int, metavar="N", help="only the first N recordings")
+    bench.add_argument("--plot", metavar="OUT.png", help="draw the per-stage comparison")
+    bench.add_argument("--json", action="store_true", default=None, help="results as one JSON object")
+    _common(bench)
+
     doctor = sub.add_parser("doctor", help="check installation, models, LLM and sound devices")
     doctor.add_argument("--llm-url", action="append", metavar="URL", help="also check this server")
     _common(doctor)
@@ -213,6 +224,32 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from voxloop.app import llm_url
+    from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
+    from voxloop.printer import HumanPrinter
+
+    folder = (
+        Path(args.set)
+        if args.set
+        else (Path("benchmarks/set") if Path("benchmarks/set").is_dir() else DEFAULT_SET)
+    )
+    printer = HumanPrinter()
+    with llm_url(settings, printer) as url:
+        turns, summary = run_bench(settings, url, folder, args.limit, printer.info)
+    if settings.output.json:
+        print(to_json(turns, summary))
+    else:
+        print(table(summary))
+    if args.plot:
+        from voxloop.bench.plot import plot
+
+        printer.info(f"plot: {plot(summary, Path(args.plot))}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.doctor import run_checks
 
@@ -231,6 +268,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "say": cmd_say,
     "llm": cmd_llm,
     "doctor": cmd_doctor,
+    "bench": cmd_bench,
 }
 
 

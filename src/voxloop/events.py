@@ -83,6 +83,8 @@ class TurnDone:
     reply_audio: str | None
     timings: dict[str, float]
     error: str | None = None
+    speech_end_s: float = 0.0  # audio clock: where the user's speech ended (VAD)
+    first_audio_at_s: float | None = None  # audio clock: when the first reply audio was ready
 
 
 @dataclass(frozen=True, slots=True)

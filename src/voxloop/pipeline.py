@@ -193,6 +193,9 @@ class Assistant:
             timings["llm_first_token_ms"] = r.llm_first_token_ms
         if r.first_sentence_ms is not None:
             timings["first_sentence_ms"] = r.first_sentence_ms
+        if r.first_tts_ms is not None:
+            timings["first_tts_ms"] = r.first_tts_ms
+        ready = None
         if r.first_audio_wall is not None:
             ready = max(self._audio_time(job, r.first_audio_wall), final.endpoint_at_s)
             timings["speech_end_to_first_audio_ms"] = (ready - final.end_s) * 1000
@@ -212,6 +215,8 @@ class Assistant:
             reply_audio=audio_path,
             timings=timings,
             error=r.error,
+            speech_end_s=final.end_s,
+            first_audio_at_s=ready,
         )
         if self.log is not None:
             self.log.append(

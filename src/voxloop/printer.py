@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from voxloop.events import (
     AudioChunk,
@@ -124,7 +124,25 @@ class JsonPrinter:
         self.err.flush()
 
 
-Printer = HumanPrinter | JsonPrinter
+class Printer(Protocol):
+    """Where events and notices for the user go."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+
+class CollectingPrinter:
+    """Keeps the events instead of printing them (benchmarks, embedding voxloop in a program)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def info(self, message: str) -> None:
+        return None
 
 
 def make_printer(as_json: bool) -> Printer:

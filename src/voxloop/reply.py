@@ -71,6 +71,7 @@ class ReplyResult:
     llm_first_token_ms: float | None = None
     first_sentence_ms: float | None = None
     tts_ms: float = 0.0
+    first_tts_ms: float | None = None  # synthesis of the first sentence
     first_audio_wall: float | None = None  # perf_counter() when the first audio was ready
     llm_total_ms: float = 0.0
 
@@ -225,6 +226,8 @@ class ReplyJob:
             t0 = time.perf_counter()
             samples = await loop.run_in_executor(self.models.tts_thread, synth.synthesize, sentence)
             r.tts_ms += (time.perf_counter() - t0) * 1000
+            if r.first_tts_ms is None:
+                r.first_tts_ms = (time.perf_counter() - t0) * 1000
             if not len(samples):
                 continue
             if r.first_audio_wall is None:
