@@ -2,8 +2,11 @@
 
 The LLM streams tokens; the speaker should start on the first sentence while the rest is still
 being generated. A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by whitespace (so
-"3.5" and "e.g." mid-word do not cut), or at a line break. Markdown that a small model emits
-anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed before speaking.
+"3.5" and "e.g." mid-word do not cut), or at a line break. The first piece of a reply may also
+end at a clause (``,`` ``;`` ``:`` ``—``) once it has a few words: the listener hears the
+reply start sooner, and later pieces are whole sentences for the best prosody. Markdown that a
+small model emits anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed
+before speaking.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import re
 
 _END = re.compile(r"([.!?…]+[\"'”’)\]]*)(\s+)|\n+")
+_CLAUSE_OR_END = re.compile(r"([.!?…]+[\"'”’)\]]*|[,;:—])(\s+)|\n+")
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "prof", "sr", "jr"}
 _MARKDOWN = re.compile(r"[*_`#>|~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
 
@@ -21,26 +25,42 @@ def speakable(text: str) -> str:
 
 
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12) -> None:
+    def __init__(self, min_chars: int = 12, first_clause_words: int = 3) -> None:
         self.min_chars = min_chars
+        self.first_clause_words = first_clause_words
         self._buffer = ""
+        self._first = bool(first_clause_words)
+
+    def _cuts_here(self, candidate: str, mark: str) -> bool:
+        if mark.startswith("\n"):
+            return True
+        words = candidate.rstrip().rstrip(".!?…\"'”’)],;:—").split()
+        if not words or words[-1].lower() in _ABBREV:
+            return False
+        if self._first:
+            if mark.strip()[:1] in {",", ";", ":", "—"}:
+                return len(words) >= self.first_clause_words
+            return True  # "Sure!" may be spoken on its own
+        return len(candidate.strip()) >= self.min_chars
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the sentences it completed (maybe none)."""
         self._buffer += delta
         out: list[str] = []
         start = 0
-        for m in _END.finditer(self._buffer):
-            candidate = self._buffer[start : m.end()]
-            words = candidate.rstrip().rstrip(".!?…\"'”’)]").split()
-            last = words[-1].lower() if words else ""
-            if m.group(0).startswith("\n") or (
-                len(candidate.strip()) >= self.min_chars and last not in _ABBREV
-            ):
-                text = speakable(candidate)
-                if text:
-                    out.append(text)
-                start = m.end()
+        while True:
+            pattern = _CLAUSE_OR_END if self._first else _END
+            for m in pattern.finditer(self._buffer, start):
+                if self._cuts_here(self._buffer[start : m.end()], m.group(0)):
+                    text = speakable(self._buffer[start : m.end()])
+                    start = m.end()
+                    if text:
+                        out.append(text)
+                        if self._first:
+                            self._first = False
+                            break  # later pieces follow the sentence rules
+            else:
+                break
         self._buffer = self._buffer[start:]
         return out
 

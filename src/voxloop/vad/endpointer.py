@@ -103,8 +103,10 @@ class SileroEndpointer:
             self._required = s.complete_silence_ms if complete else s.incomplete_silence_ms
 
     def current_audio(self) -> np.ndarray | None:
-        """The utterance heard so far, while it is still going on."""
-        return np.concatenate(self._chunks) if self._in_speech and self._announced else None
+        """The utterance heard so far while the user is talking (None in a pause, when the
+        speculative transcript is about to take the STT)."""
+        talking = self._in_speech and self._announced and self._silence == 0
+        return np.concatenate(self._chunks) if talking else None
 
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         events: list[SpeechStarted | SpeechEnded] = []
