@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from voxloop.audio import save_wav
+from voxloop.audio.aec import make_echo_canceller
 from voxloop.audio.decode import load_audio
 from voxloop.audio.sink import AudioSink, NullSink, SpeakerSink
 from voxloop.audio.sources import ArraySource, AudioSource, MicSource, RealtimeSource
@@ -70,7 +71,12 @@ async def chat(
                 asyncio.to_thread(transcriber.warm_up), asyncio.to_thread(synthesizer.warm_up)
             )
             sink = open_sink(settings, synthesizer.sample_rate, printer)
-            assistant = Assistant(settings, transcriber, model, synthesizer, sink, printer)
+            # On a live microphone with speakers, cancel voxloop's own voice so the user can
+            # talk over it; without a canceller voxloop listens half-duplex.
+            aec = None
+            if source.live and not isinstance(sink, NullSink):
+                aec = make_echo_canceller(settings.tts.echo_cancel)
+            assistant = Assistant(settings, transcriber, model, synthesizer, sink, printer, aec=aec)
             if not input_path:
                 printer.info("Listening… speak now (Ctrl+C to stop).")
             try:

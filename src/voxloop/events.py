@@ -74,6 +74,14 @@ class AudioChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The user talked over the reply: playback was cut and the reply stream closed."""
+
+    at_s: float
+    spoken: str  # the part of the reply that was heard, which is all the history keeps
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     """One finished turn: what was said, what was answered, and how long each stage took."""
 
@@ -83,6 +91,7 @@ class TurnDone:
     reply_audio: str | None
     timings: dict[str, float]
     error: str | None = None
+    interrupted: bool = False
     speech_end_s: float = 0.0  # audio clock: where the user's speech ended (VAD)
     first_audio_at_s: float | None = None  # audio clock: when the first reply audio was ready
 
@@ -94,4 +103,14 @@ class ErrorEvent:
     message: str
 
 
-Event = Ready | SpeechStarted | SpeechEnded | Transcript | ReplyDelta | AudioChunk | TurnDone | ErrorEvent
+Event = (
+    Ready
+    | SpeechStarted
+    | SpeechEnded
+    | Transcript
+    | ReplyDelta
+    | AudioChunk
+    | TurnDone
+    | Interrupted
+    | ErrorEvent
+)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from voxloop.audio import save_wav
+from voxloop.audio.aec import EchoCanceller
 from voxloop.audio.sink import AudioSink
 from voxloop.audio.sources import AudioSource
 from voxloop.conversation import Conversation, ConversationLog
-from voxloop.events import ErrorEvent, Ready, SpeechEnded, SpeechStarted, Transcript, TurnDone
+from voxloop.events import ErrorEvent, Interrupted, Ready, SpeechEnded, SpeechStarted, Transcript, TurnDone
 from voxloop.llm import ChatModel
 from voxloop.printer import Printer
 from voxloop.reply import Models, ReplyJob, sounds_finished
@@ -46,6 +47,7 @@ class Assistant:
         synthesizer: Synthesizer,
         sink: AudioSink,
         printer: Printer,
+        aec: EchoCanceller | None = None,
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
@@ -53,6 +55,7 @@ class Assistant:
         self.synthesizer = synthesizer
         self.sink = sink
         self.printer = printer
+        self.aec = aec
         self.conversation = Conversation(settings.system_prompt)
         out = settings.output.output_dir
         self.output_dir = Path(out) if out else None
@@ -61,9 +64,11 @@ class Assistant:
         self.done: list[TurnDone] = []
         self._spec: ReplyJob | None = None  # answering a pause that may not be the end
         self._last_turn: asyncio.Task[TurnDone | None] | None = None
+        self._speaking: ReplyJob | None = None  # the committed reply, while it is generated or heard
         self._partial: asyncio.Task[None] | None = None
         self._last_partial_s = 0.0
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
+        self._input_done = False
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, source: AudioSource, endpointer: Endpointer | None = None) -> list[TurnDone]:
@@ -85,11 +90,13 @@ class Assistant:
                         self._t0 = source.started_at
                         self.printer.emit(Ready(wall=source.started_at))
                     fed += len(block)
-                    events = await loop.run_in_executor(vad_thread, endpointer.feed, block)
+                    far = self.sink.far_end(len(block)) if self.aec is not None else None
+                    events = await loop.run_in_executor(vad_thread, self._listen, endpointer, block, far)
                     for event in events:
                         await self._on_event(event, source, endpointer)
                     if self._t0 is not None:
                         self._maybe_partial(endpointer, fed / source.sample_rate)
+                self._input_done = True
                 if self._last_turn is not None:
                     await self._last_turn
             finally:
@@ -99,6 +106,14 @@ class Assistant:
         await self.sink.drain()
         return self.done
 
+    def _listen(
+        self, endpointer: Endpointer, block: np.ndarray, far: np.ndarray | None
+    ) -> list[SpeechStarted | SpeechEnded]:
+        """In the VAD thread: take voxloop's own voice out of the microphone, then endpoint."""
+        if self.aec is not None and far is not None:
+            block = self.aec.process(block, far)
+        return endpointer.feed(block)
+
     async def _on_event(
         self, event: SpeechStarted | SpeechEnded, source: AudioSource, endpointer: Endpointer
     ) -> None:
@@ -106,8 +121,15 @@ class Assistant:
         if isinstance(event, SpeechStarted):
             if event.resumed:
                 await self._cancel_spec()  # the user went on: that pause was not the end
-            else:
-                self.printer.emit(event)
+                return
+            self.printer.emit(event)
+            speaking = self._speaking
+            full_duplex = not source.live or self.aec is not None
+            if speaking is not None and full_duplex and (not speaking.task.done() or self.sink.busy()):
+                # Barge-in: the user talks over the reply. Stop it where it is heard.
+                self._speaking = None
+                spoken = await speaking.interrupt()
+                self.printer.emit(Interrupted(at_s=event.at_s, spoken=" ".join(spoken)))
             return
         if not event.final:
             self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(sounds_finished(text)))
@@ -123,6 +145,7 @@ class Assistant:
             job = self._start_job(event)
         self._spec = None
         job.commit()
+        self._speaking = job
         self._last_turn = asyncio.create_task(self._complete(job, event))
         if source.live:
             # Half-duplex: what the microphone hears while voxloop speaks is not a turn.
@@ -177,6 +200,10 @@ class Assistant:
 
     async def _complete(self, job: ReplyJob, final: SpeechEnded) -> TurnDone | None:
         r = await job.finish()
+        # The history gets the reply once it has been heard, or what was heard of it if the
+        # user talks over it first (or the input ends).
+        while not (job.interrupted or self._input_done or self.sink.played_total >= job.queued_end):
+            await asyncio.sleep(0.02)
         if not r.user:
             log.info("no words in %.2f s of audio; not a turn", final.duration_s)
             return None
@@ -200,6 +227,9 @@ class Assistant:
             ready = max(self._audio_time(job, r.first_audio_wall), final.endpoint_at_s)
             timings["speech_end_to_first_audio_ms"] = (ready - final.end_s) * 1000
         assistant = " ".join(r.sentences)
+        if job.interrupted:
+            timings["interrupted"] = 1.0
+            assistant = assistant or "…"
         if r.error:
             self.printer.emit(ErrorEvent(f"Turn {index} got no complete reply: {r.error}"))
         audio_path = None
@@ -215,6 +245,7 @@ class Assistant:
             reply_audio=audio_path,
             timings=timings,
             error=r.error,
+            interrupted=job.interrupted,
             speech_end_s=final.end_s,
             first_audio_at_s=ready,
         )
@@ -227,6 +258,7 @@ class Assistant:
                     "reply_audio": audio_path,
                     "timings": {k: round(v, 1) for k, v in timings.items()},
                     "error": r.error,
+                    "interrupted": job.interrupted,
                     "partial_reply": assistant if r.error and assistant else None,
                 }
             )

@@ -10,6 +10,7 @@ from voxloop.events import (
     AudioChunk,
     ErrorEvent,
     Event,
+    Interrupted,
     Ready,
     ReplyDelta,
     SpeechEnded,
@@ -57,6 +58,8 @@ class HumanPrinter:
             line = metrics_line(event.timings)
             if line:
                 self.out.write(f"\033[2m      {line}\033[0m\n" if self._dim else f"      {line}\n")
+        elif isinstance(event, Interrupted):
+            self.out.write(" [interrupted]")
         elif isinstance(event, ErrorEvent):
             if self._replying:
                 self.out.write("\n")
@@ -114,6 +117,8 @@ class JsonPrinter:
                     "error": event.error,
                 }
             )
+        elif isinstance(event, Interrupted):
+            self._write({"type": "interrupted", "at_s": round(event.at_s, 3), "spoken": event.spoken})
         elif isinstance(event, ErrorEvent):
             self._write({"type": "error", "message": event.message})
             self.err.write(f"error: {event.message}\n")

@@ -100,7 +100,9 @@ class ReplyJob:
         self.committed = False
         self._held: list[Event] = []
         self.transcribed = asyncio.Event()
-        self._playback: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._playback: asyncio.Queue[tuple[str, np.ndarray] | None] = asyncio.Queue()
+        self._spans: list[tuple[str, int, int]] = []  # sentence, sink samples [start, end)
+        self.interrupted = False
         self._player = asyncio.create_task(self._play())
         self.task = asyncio.create_task(self._run())
 
@@ -119,16 +121,50 @@ class ReplyJob:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def interrupt(self) -> list[str]:
+        """The user talked over this reply: stop it where it is heard; return what was said."""
+        self.interrupted = True
+        sink = self.models.sink
+        sink.flush()
+        heard = sink.played_total
+        await self.cancel()
+        spoken = []
+        for sentence, start, end in self._spans:
+            if heard >= end:
+                spoken.append(sentence)
+            elif heard > start:  # cut mid-sentence: keep the words in proportion
+                words = sentence.split()
+                cut = round(len(words) * (heard - start) / (end - start))
+                if cut:
+                    spoken.append(" ".join(words[:cut]) + "…")
+                break
+        self.result.sentences = spoken
+        return spoken
+
+    @property
+    def queued_end(self) -> int:
+        """Where this reply's audio ends in the sink's sample count (0 before any audio)."""
+        return self._spans[-1][2] if self._spans else 0
+
     async def finish(self) -> ReplyResult:
-        """Wait for the reply to be complete and queued for playback."""
-        result = await self.task
+        """Wait for the reply to be complete and queued for playback (or interrupted)."""
+        try:
+            result = await self.task
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            return self.result
         self._playback.put_nowait(None)
         await self._player
         return result
 
     async def _play(self) -> None:
-        while (samples := await self._playback.get()) is not None:
-            await self.models.sink.play(samples)
+        sink = self.models.sink
+        while (item := await self._playback.get()) is not None:
+            sentence, samples = item
+            start = sink.queued_total
+            self._spans.append((sentence, start, start + len(samples)))
+            await sink.play(samples)
 
     def _out(self, event: Event) -> None:
         if self.committed:
@@ -139,7 +175,7 @@ class ReplyJob:
     def _deliver(self, event: Event) -> None:
         self._emit(event)
         if isinstance(event, AudioChunk):
-            self._playback.put_nowait(event.samples)  # the player task feeds the sink in order
+            self._playback.put_nowait((event.text, event.samples))  # played in order by _play
 
     # -- the work -------------------------------------------------------------------------------
     async def _run(self) -> ReplyResult:

@@ -51,6 +51,7 @@ class VadSettings:
     incomplete_silence_ms: int = 900
     spec_silence_ms: int = 160  # start transcribing and answering this early in a pause (0: off)
     min_speech_ms: int = 250  # shorter voiced blips are not a turn
+    announce_ms: int = 64  # voiced audio that announces speech (and stops voxloop talking)
     min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them
     pre_roll_ms: int = 200  # audio kept before the detected start (soft consonants)
     webrtc_mode: int = 3
@@ -95,7 +96,8 @@ class TtsSettings:
     voice: str = "heart"
     speed: float = 1.0
     threads: int = 1
-    speak: bool = True  # play through the speakers; the audio is synthesized either way
+    speak: bool = True
+    echo_cancel: str = "auto"  # auto | webrtc | livekit | none (none: half-duplex on a microphone)  # play through the speakers; the audio is synthesized either way
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,16 @@
-"""Where reply audio goes: the speakers (bounded queue, flushable) or nowhere."""
+"""Where reply audio goes: the speakers (bounded queue, flushable), nowhere, or a simulated
+loudspeaker on the audio clock (for testing barge-in and echo cancellation).
+
+Every sink counts what it was given (``queued_total``) and what actually reached the air
+(``played_total``), in samples at its own rate, so a reply cut short by the user can be trimmed to
+what was really heard; and it can hand back what it played over the last stretch of microphone
+time (``far_end``) for the echo canceller.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -10,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from voxloop.audio.decode import STT_RATE, resample
 from voxloop.audio.sources import _import_sounddevice
 from voxloop.errors import AudioDeviceError
 
@@ -17,6 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class AudioSink(Protocol):
+    queued_total: int
+    played_total: int
+
     async def play(self, samples: np.ndarray) -> None:
         """Queue samples for playback; returns once they are queued (not played)."""
 
@@ -26,20 +38,37 @@ class AudioSink(Protocol):
     def flush(self) -> None:
         """Drop everything not yet played (barge-in)."""
 
+    def busy(self) -> bool:
+        """Something is still being played."""
+
+    def far_end(self, n: int) -> np.ndarray:
+        """What the speaker played over the last ``n`` samples of microphone time (16 kHz)."""
+
     def close(self) -> None: ...
 
 
 class NullSink:
     """No playback (``--no-speak``); replies are still synthesized and saved."""
 
+    def __init__(self) -> None:
+        self.queued_total = 0
+        self.played_total = 0
+
     async def play(self, samples: np.ndarray) -> None:
-        return None
+        self.queued_total += len(samples)
+        self.played_total += len(samples)
 
     async def drain(self) -> None:
         return None
 
     def flush(self) -> None:
         return None
+
+    def busy(self) -> bool:
+        return False
+
+    def far_end(self, n: int) -> np.ndarray:
+        return np.zeros(n, np.float32)
 
     def close(self) -> None:
         return None
@@ -49,7 +78,8 @@ class SpeakerSink:
     """The default output device through PortAudio.
 
     The PortAudio callback pulls fixed blocks from a bounded queue and plays silence when it is
-    empty, so :meth:`flush` silences the speaker within one block (~20 ms).
+    empty, so :meth:`flush` silences the speaker within one block (20 ms). What it plays is kept,
+    resampled to 16 kHz, as the echo canceller's reference.
     """
 
     def __init__(
@@ -60,6 +90,15 @@ class SpeakerSink:
         max_blocks: int = 500,
     ) -> None:
         sd = _import_sounddevice()
+        self.rate = sample_rate
+        self.block = block
+        self.queued_total = 0
+        self.played_total = 0
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_blocks)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._far: collections.deque[np.ndarray] = collections.deque(maxlen=200)
+        self._far_lock = threading.Lock()
         try:
             sd.query_devices(device, kind="output")
             self._stream = sd.OutputStream(
@@ -73,10 +112,6 @@ class SpeakerSink:
             self._stream.start()
         except Exception as exc:
             raise AudioDeviceError(f"Cannot open the speaker ({exc}).") from None
-        self.block = block
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_blocks)
-        self._idle = threading.Event()
-        self._idle.set()
 
     def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
         try:
@@ -84,9 +119,13 @@ class SpeakerSink:
         except queue.Empty:
             outdata.fill(0)
             self._idle.set()
-            return
-        outdata[: len(block), 0] = block
-        outdata[len(block) :, 0] = 0
+            block = np.zeros(0, np.float32)
+        else:
+            outdata[: len(block), 0] = block
+            outdata[len(block) :, 0] = 0
+            self.played_total += len(block)
+        with self._far_lock:
+            self._far.append(outdata[:, 0].copy())
 
     async def play(self, samples: np.ndarray) -> None:
         self._idle.clear()
@@ -98,6 +137,7 @@ class SpeakerSink:
                     break
                 except queue.Full:
                     await asyncio.sleep(0.02)
+            self.queued_total += len(block)
 
     async def drain(self) -> None:
         while not (self._queue.empty() and self._idle.is_set()):
@@ -110,6 +150,71 @@ class SpeakerSink:
             except queue.Empty:
                 break
 
+    def busy(self) -> bool:
+        return not (self._queue.empty() and self._idle.is_set())
+
+    def far_end(self, n: int) -> np.ndarray:
+        with self._far_lock:
+            played = np.concatenate(list(self._far)) if self._far else np.zeros(0, np.float32)
+            self._far.clear()
+        far = resample(played, self.rate, STT_RATE) if len(played) else played
+        # The echo canceller wants exactly n samples: the newest, zero-padded in front.
+        return np.concatenate([np.zeros(max(0, n - len(far)), np.float32), far[-n:]])
+
     def close(self) -> None:
         self.flush()
         self._stream.close()
+
+
+class VirtualSpeaker:
+    """A loudspeaker on the audio clock, for simulation: playback starts when queued and runs
+    at real speed against the microphone's sample clock (which :class:`EchoSource` advances), so
+    what it "plays" can be mixed back into the microphone as echo, and a flush cuts it off at an
+    exact instant (``flushed_at_s``)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.rate = sample_rate
+        self.now = 0  # microphone clock, 16 kHz samples
+        self._segments: list[tuple[int, np.ndarray]] = []  # (start on the 16 kHz clock, samples)
+        self._end = 0
+        self.queued_total = 0
+        self.flushed_at_s: list[float] = []
+
+    @property
+    def played_total(self) -> int:
+        """Samples (at the sink's rate) whose time has come."""
+        played16 = sum(max(0, min(len(s), self.now - start)) for start, s in self._segments)
+        return round(played16 * self.rate / STT_RATE)
+
+    async def play(self, samples: np.ndarray) -> None:
+        self.queued_total += len(samples)
+        at16 = resample(samples, self.rate, STT_RATE)
+        start = max(self.now, self._end)
+        self._segments.append((start, at16))
+        self._end = start + len(at16)
+
+    async def drain(self) -> None:
+        return None  # the simulated clock runs on the input; nothing to wait for here
+
+    def flush(self) -> None:
+        self.flushed_at_s.append(self.now / STT_RATE)
+        self._segments = [(st, s[: max(0, self.now - st)]) for st, s in self._segments]
+        self._end = min(self._end, self.now)
+
+    def busy(self) -> bool:
+        return self._end > self.now
+
+    def render(self, start: int, end: int) -> np.ndarray:
+        """What played between two instants of the 16 kHz clock."""
+        out = np.zeros(max(0, end - start), np.float32)
+        for st, s in self._segments:
+            a, b = max(start, st), min(end, st + len(s))
+            if a < b:
+                out[a - start : b - start] = s[a - st : b - st]
+        return out
+
+    def far_end(self, n: int) -> np.ndarray:
+        return self.render(self.now - n, self.now)
+
+    def close(self) -> None:
+        return None

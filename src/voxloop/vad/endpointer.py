@@ -166,7 +166,8 @@ class SileroEndpointer:
         return long_enough and self._voiced * 1000 >= s.min_speech_ms * self.rate
 
     def _maybe_announce(self) -> SpeechStarted | None:
-        if self._announced or self._voiced * 1000 < self.settings.min_speech_ms * self.rate:
+        s = self.settings
+        if self._announced or self._voiced * 1000 < min(s.min_speech_ms, s.announce_ms) * self.rate:
             return None
         self._announced = True
         return SpeechStarted(at_s=self._start / self.rate)

@@ -1,0 +1,156 @@
+"""Barge-in: the user talks over voxloop. Playback stops within 200 ms, the reply stream is
+closed, and the history keeps only what was heard. voxloop's own voice coming back through the
+microphone (simulated room echo) must not trigger it when echo cancellation is on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from voxloop.audio.aec import make_echo_canceller
+from voxloop.audio.sink import VirtualSpeaker
+from voxloop.audio.sources import EchoSource
+from voxloop.audio.speech import spoken_turns
+from voxloop.events import Interrupted, SpeechStarted, TurnDone
+from voxloop.llm import Message
+from voxloop.llm.openai_http import OpenAIChat
+from voxloop.pipeline import Assistant
+from voxloop.printer import CollectingPrinter
+from voxloop.settings import LlmSettings, Settings
+
+STORY = (
+    "Once upon a time, a small dragon lived on a quiet hill. Every morning she flew over the "
+    "village to count the sheep. The farmers waved at her and she waved back. One day the sheep "
+    "were gone, and the dragon followed their tracks into the dark forest. There she found a "
+    "lost lamb crying under an old oak tree. She carried it home on her back. "
+)
+
+
+class StoryChat:
+    """A chat model that tells a long story slowly, and records requests and early closes."""
+
+    model = "story"
+    context_tokens = 4096
+
+    def __init__(self) -> None:
+        self.requests: list[list[Message]] = []
+        self.closed_early = 0
+
+    async def connect(self) -> None:
+        return None
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        import asyncio
+
+        self.requests.append(messages)
+        if len(self.requests) > 1:
+            yield "It is three o'clock."
+            return
+        words = (STORY * 3).split(" ")
+        try:
+            for word in words:
+                await asyncio.sleep(0.01)
+                yield word + " "
+        except GeneratorExit:
+            self.closed_early += 1
+            raise
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _scene(synthesizer, interrupt_after_s: float = 2.5) -> tuple[np.ndarray, float, float]:
+    """The user asks for a story, then talks over the reply. Returns (audio, end of the
+    question, the instant the interruption becomes audible) on the 16 kHz clock, in seconds."""
+    ask = spoken_turns(synthesizer, ["Tell me a story about a dragon."], lead_s=0.5, turn_gap_s=0)
+    end_of_question = (len(ask) - 0.5 * 16000) / 16000
+    gap = np.zeros(int(interrupt_after_s * 16000), np.float32)
+    stop = spoken_turns(synthesizer, ["Stop. What time is it?"], lead_s=0.0)
+    onset = int(np.flatnonzero(np.abs(stop) > 0.01)[0])
+    start_of_interruption = (len(ask) + len(gap) + onset) / 16000
+    tail = np.zeros(16000 * 3, np.float32)
+    return np.concatenate([ask, gap, stop, tail]), end_of_question, start_of_interruption
+
+
+async def _run(settings, transcriber, synthesizer, chat, audio, aec_kind: str | None, gain: float = 0.5):
+    speaker = VirtualSpeaker(synthesizer.sample_rate)
+    printer = CollectingPrinter()
+    aec = make_echo_canceller(aec_kind) if aec_kind else None
+    assistant = Assistant(settings, transcriber, chat, synthesizer, speaker, printer, aec=aec)
+    turns = await assistant.run(EchoSource(audio, speaker, delay_ms=40, gain=gain))
+    return turns, printer.events, speaker, assistant
+
+
+@pytest.mark.integration
+async def test_barge_in_stops_playback_closes_stream_and_keeps_what_was_heard(transcriber, synthesizer):
+    audio, _end_q, interrupt_at = _scene(synthesizer)
+    chat = StoryChat()
+    turns, events, speaker, _assistant = await _run(
+        Settings(), transcriber, synthesizer, chat, audio, "webrtc"
+    )
+
+    # The echo of the story never counted as the user: the only speech starts are the two turns.
+    starts = [e.at_s for e in events if isinstance(e, SpeechStarted)]
+    assert len(starts) == 2, starts
+    interrupted = [e for e in events if isinstance(e, Interrupted)]
+    assert len(interrupted) == 1
+    # Playback stopped soon after the user started talking over it. Through echo cancellation
+    # the first ~150 ms of the user's voice are suppressed (AEC3's double-talk onset), so the
+    # bound here is 300 ms; with headphones (no echo, below) it is 200 ms.
+    assert len(speaker.flushed_at_s) == 1
+    assert 0 <= speaker.flushed_at_s[0] - interrupt_at <= 0.3, (speaker.flushed_at_s, interrupt_at)
+    # The reply stream was closed, so the server stops generating.
+    assert chat.closed_early == 1
+    # The history keeps what was heard: the second request carries the spoken part only.
+    first, second = turns
+    assert first.interrupted and not second.interrupted
+    heard = interrupted[0].spoken
+    assert heard and heard == first.assistant
+    assert heard.startswith("Once upon a time")
+    assert len(heard) < len(STORY) * 3 / 2
+    history = chat.requests[1]
+    assert history[-2] == {"role": "assistant", "content": heard}
+    assert "what time is it" in second.user.lower()
+    assert second.assistant == "It is three o'clock."
+
+
+@pytest.mark.integration
+async def test_barge_in_with_headphones_stops_within_200_ms(transcriber, synthesizer):
+    """No echo reaches the microphone (headphones): full duplex without a canceller."""
+    audio, _end_q, interrupt_at = _scene(synthesizer)
+    chat = StoryChat()
+    turns, _events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0)
+    assert len(speaker.flushed_at_s) == 1
+    assert 0 <= speaker.flushed_at_s[0] - interrupt_at <= 0.2, (speaker.flushed_at_s, interrupt_at)
+    assert turns[0].interrupted and chat.closed_early == 1
+
+
+@pytest.mark.integration
+async def test_without_echo_cancellation_the_echo_would_interrupt(transcriber, synthesizer):
+    """The control for the test above: the same room without AEC barges in on its own echo."""
+    audio, _end_q, interrupt_at = _scene(synthesizer)
+    chat = StoryChat()
+    _turns, _events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None)
+    assert speaker.flushed_at_s and speaker.flushed_at_s[0] < interrupt_at - 0.3
+
+
+@pytest.mark.integration
+async def test_barge_in_with_a_real_llm_server(transcriber, synthesizer, llm_server):
+    """The same scene against llama.cpp: a long reply is cut and its stream closed."""
+    audio, _end_q, interrupt_at = _scene(synthesizer, interrupt_after_s=2.0)
+    settings = Settings(
+        system_prompt="You are a storyteller. Always tell a long story of at least ten sentences.",
+        llm=LlmSettings(max_tokens=400, temperature=0.0),
+    )
+    chat = OpenAIChat(llm_server, settings.llm)
+    await chat.connect()
+    try:
+        _turns, events, speaker, _ = await _run(settings, transcriber, synthesizer, chat, audio, "webrtc")
+    finally:
+        await chat.aclose()
+    done = [e for e in events if isinstance(e, TurnDone)]
+    assert [t.interrupted for t in done][:1] == [True]
+    assert speaker.flushed_at_s and 0 <= speaker.flushed_at_s[0] - interrupt_at <= 0.3
+    assert len(done) == 2 and "time" in done[1].user.lower()
