@@ -310,3 +310,15 @@ def test_loop_guard_spots_word_runs_not_normal_speech():
     assert not guard.stuck("It is very, very good to see you")
     assert not guard.repeats("A spider has eight legs.")
     assert guard.repeats("a spider has eight legs!")
+
+
+def test_sounds_finished():
+    from voxloop.reply import sounds_finished
+
+    assert sounds_finished("What is the capital of France?")
+    assert sounds_finished("My name is Alice.")
+    assert sounds_finished("No")
+    assert not sounds_finished("I would like to.")
+    assert not sounds_finished("Tell me about the weather and")
+    assert not sounds_finished("Well...")
+    assert not sounds_finished("")

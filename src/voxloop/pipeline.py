@@ -147,8 +147,9 @@ class Assistant:
         job.commit()
         self._speaking = job
         self._last_turn = asyncio.create_task(self._complete(job, event))
-        if source.live:
-            # Half-duplex: what the microphone hears while voxloop speaks is not a turn.
+        if source.live and self.aec is None:
+            # Half-duplex: without an echo canceller, what the microphone hears while voxloop
+            # speaks is voxloop itself, not a turn.
             await self._last_turn
             await self.sink.drain()
             source.discard_pending()

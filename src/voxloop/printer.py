@@ -99,10 +99,14 @@ class JsonPrinter:
                     "type": "speech_ended",
                     "start_s": round(event.start_s, 3),
                     "end_s": round(event.end_s, 3),
+                    "endpoint_at_s": round(event.endpoint_at_s, 3),
                 }
             )
         elif isinstance(event, Transcript):
-            self._write({"type": "transcript", "text": event.text, "stt_ms": round(event.stt_ms, 1)})
+            if event.partial:
+                self._write({"type": "partial", "text": event.text})
+            else:
+                self._write({"type": "transcript", "text": event.text, "stt_ms": round(event.stt_ms, 1)})
         elif isinstance(event, ReplyDelta):
             self._write({"type": "reply_delta", "text": event.text})
         elif isinstance(event, TurnDone):

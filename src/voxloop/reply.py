@@ -36,9 +36,15 @@ _UNFINISHED = {
 }  # fmt: skip
 
 
+_ANSWERS = {"yes", "no", "yeah", "yep", "nope", "okay", "ok", "sure", "thanks", "thank you", "hello", "hi", "bye", "right", "really"}  # fmt: skip
+
+
 def sounds_finished(text: str) -> bool:
-    """Whether the words so far end a sentence: '?'/'!', or '.' not after a word that needs more."""
+    """Whether the words so far end a sentence: '?'/'!', or '.' not after a word that needs more,
+    or a one-word answer that Whisper left without punctuation ("No")."""
     text = text.strip()
+    if text.lower().strip(".!?, ") in _ANSWERS:
+        return True
     if not text or text.endswith(("...", "…", ",", "-")):
         return False
     if text.endswith(("?", "!")):
