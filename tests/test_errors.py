@@ -95,7 +95,10 @@ def test_llm_failing_mid_conversation_keeps_earlier_turns_and_recovers(
     wav = speech(["Hello there!", "What is the capital of France?", "Tell me a joke about cats."])
     proxy.plan = ["ok", mode, "ok"]
     out = tmp_path / "out"
-    run = voxloop("chat", "--input", str(wav), "--llm-url", proxy.url, "--no-speak", "-o", str(out))
+    run = voxloop(
+        "chat", "--input", str(wav), "--llm-url", proxy.url, "--no-speak", "-o", str(out),
+        extra_env={"VOXLOOP_LLM_BUSY_WAIT_S": "0"},  # fail at once on a busy server here
+    )  # fmt: skip
     one_clear_line(run, 6, "Turn 2", *words)
     saved = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
     assert len(saved) == 3
@@ -126,3 +129,39 @@ def test_bad_setting_value(voxloop, tmp_path):
 def test_stt_model_name_is_never_downloaded_by_default(speech, voxloop):
     run = voxloop("transcribe", str(speech(["Hello there!"])), "--stt-model", "medium.en")
     one_clear_line(run, 5, "medium.en", "--stt-allow-download")
+
+
+def test_a_busy_server_is_waited_for_with_a_message(speech, voxloop, proxy):
+    proxy.plan = ["refuse", "refuse", "ok"]
+    run = voxloop(
+        "chat", "--input", str(speech(["Hello there!"])), "--llm-url", proxy.url, "--no-speak", "--json"
+    )
+    assert run.code == 0, run.err
+    assert "is busy (HTTP 503" in run.err and "waiting" in run.err
+    assert [e["type"] for e in run.events()].count("turn_done") == 1
+    assert len(proxy.chats) == 3
+
+
+def test_failover_to_the_next_server_keeps_the_conversation(speech, voxloop, proxy_factory, llm_server):
+    first, second = proxy_factory(llm_server), proxy_factory(llm_server)
+    first.plan = ["ok", "garbage"]  # the first server breaks on turn two, before any reply
+    wav = speech(["My name is Alice.", "What is the capital of France?", "What is my name?"])
+    run = voxloop(
+        "chat", "--input", str(wav), "--llm-url", "http://127.0.0.1:9/v1", "--llm-url", first.url,
+        "--llm-url", second.url, "--no-speak", "--json",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    done = [e for e in run.events() if e["type"] == "turn_done"]
+    assert len(done) == 3 and all(d["assistant"] for d in done)
+    assert len(first.chats) == 2 and len(second.chats) == 2
+    last = second.chats[-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert last[1]["content"] == done[0]["user"] and last[3]["content"] == done[1]["user"]
+
+
+def test_no_server_usable_names_them_all(speech, voxloop):
+    run = voxloop(
+        "chat", "--input", str(speech(["Hello there!"])), "--no-speak",
+        "--llm-url", "http://127.0.0.1:9/v1", "--llm-url", "http://127.0.0.1:10/v1",
+    )  # fmt: skip
+    one_clear_line(run, 6, "127.0.0.1:9", "127.0.0.1:10")

@@ -15,6 +15,8 @@ from voxloop.audio.sink import AudioSink, NullSink, SpeakerSink
 from voxloop.audio.sources import ArraySource, AudioSource, MicSource, RealtimeSource
 from voxloop.errors import AudioDeviceError, LLMError
 from voxloop.events import SpeechEnded, TurnDone
+from voxloop.llm import ChatModel
+from voxloop.llm.failover import FailoverChat
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.llm.server import embedded_server
 from voxloop.pipeline import Assistant
@@ -28,13 +30,19 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def llm_url(settings: Settings, printer: Printer) -> Iterator[str]:
-    """The server to talk to: the first --llm-url, or the embedded llama.cpp server."""
+def llm_urls(settings: Settings, printer: Printer) -> Iterator[list[str]]:
+    """The servers to talk to: the --llm-url ones, or the embedded llama.cpp server."""
     if settings.llm.urls:
-        yield settings.llm.urls[0]
+        yield list(settings.llm.urls)
         return
     with embedded_server(settings.llm, printer.info) as url:
-        yield url
+        yield [url]
+
+
+def make_chat(urls: list[str], settings: Settings, printer: Printer) -> ChatModel:
+    """One server, or several with failover between them."""
+    chats = [OpenAIChat(url, settings.llm, notice=printer.info) for url in urls]
+    return chats[0] if len(chats) == 1 else FailoverChat(chats)
 
 
 def open_sink(settings: Settings, sample_rate: int, printer: Printer) -> AudioSink:
@@ -59,8 +67,8 @@ async def chat(
     else:
         source = mic = MicSource()
         mic.check()
-    with llm_url(settings, printer) as url:
-        model = OpenAIChat(url, settings.llm)
+    with llm_urls(settings, printer) as urls:
+        model = make_chat(urls, settings, printer)
         try:
             await model.connect()
             transcriber, synthesizer = await asyncio.gather(

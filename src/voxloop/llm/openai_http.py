@@ -5,9 +5,10 @@ Every way a server can fail is turned into one LLMError with a sentence a person
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -71,10 +72,15 @@ def _error_message(body: str) -> str:
 
 class OpenAIChat:
     def __init__(
-        self, url: str, settings: LlmSettings, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        url: str,
+        settings: LlmSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        notice: Callable[[str], None] = log.warning,
     ) -> None:
         self.url = normalize_url(url)
         self.settings = settings
+        self.notice = notice
         self.model = settings.model
         self.context_tokens = settings.context_tokens or DEFAULT_CONTEXT
         timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
@@ -176,24 +182,46 @@ class OpenAIChat:
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
+        waited = 0.0
         try:
-            async with self._client.stream("POST", self.url + "/chat/completions", json=payload) as response:
-                if response.status_code >= 400:
-                    body = (await response.aread()).decode("utf-8", "replace")
-                    self._raise_for_status(response.status_code, body)
-                ctype = response.headers.get("content-type", "")
-                if "text/event-stream" not in ctype:
-                    body = (await response.aread()).decode("utf-8", "replace")
-                    yield self._whole_reply(body)
-                    return
-                async for line in response.aiter_lines():
-                    piece = self._parse_event(line)
-                    if piece is None:
-                        return
-                    if piece:
+            while True:
+                async with self._client.stream(
+                    "POST", self.url + "/chat/completions", json=payload
+                ) as response:
+                    if response.status_code in (429, 503) and waited < self.settings.busy_wait_s:
+                        # Starting up or overloaded: say so, wait a little, ask again.
+                        body = (await response.aread()).decode("utf-8", "replace")
+                        if not waited:
+                            self.notice(
+                                f"The LLM server at {self.url} is busy (HTTP {response.status_code}: "
+                                f"{_error_message(body)}); waiting up to {self.settings.busy_wait_s:g} s…"
+                            )
+                        pause = min(2.0, 0.25 * 2 ** int(waited))
+                        await asyncio.sleep(pause)
+                        waited += pause
+                        continue
+                    async for piece in self._read(response):
                         yield piece
+                    return
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
+
+    async def _read(self, response: httpx.Response) -> AsyncIterator[str]:
+        """The reply in a response: streamed events, one JSON completion, or an error."""
+        if response.status_code >= 400:
+            body = (await response.aread()).decode("utf-8", "replace")
+            self._raise_for_status(response.status_code, body)
+        ctype = response.headers.get("content-type", "")
+        if "text/event-stream" not in ctype:
+            body = (await response.aread()).decode("utf-8", "replace")
+            yield self._whole_reply(body)
+            return
+        async for line in response.aiter_lines():
+            piece = self._parse_event(line)
+            if piece is None:
+                return
+            if piece:
+                yield piece
         # Every OpenAI-compatible server ends a stream with [DONE]; a body that stops before it
         # was cut off (server killed, network lost).
         raise LLMUnavailableError(
