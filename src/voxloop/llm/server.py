@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
+from voxloop.llm.deploy import profile, serve_args
 from voxloop.settings import LlmSettings, data_dir
 
 log = logging.getLogger(__name__)
@@ -146,14 +148,18 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
-def start_server(
-    settings: LlmSettings,
-    port: int | None = None,
-    model: str | None = None,
-    detach: bool = True,
-    ready_timeout_s: float = 120.0,
-) -> tuple[ServerInfo, subprocess.Popen[bytes]]:
-    """Start llama-server on 127.0.0.1 and return once ``/v1/models`` answers."""
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """A server command line, ready to run."""
+
+    engine: str
+    cmd: list[str]
+    model: str  # the name it serves
+    env: dict[str, str]
+    ready_timeout_s: float
+
+
+def llamacpp_launch(settings: LlmSettings, port: int, model: str | None) -> Launch:
     gguf = (
         Path(model).expanduser()
         if model
@@ -161,15 +167,8 @@ def start_server(
     )
     if not gguf.is_file():
         raise ModelNotFoundError(f"LLM model file {gguf} does not exist. Pass a GGUF file to --model.")
-    binary = llama_server_binary()
-    port = port or free_port()
-    if _port_in_use(port):
-        raise ConfigError(f"Port {port} on 127.0.0.1 is already in use. Pass another with --port.")
-    logs = data_dir()
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"llm-{port}.log"
     cmd = [
-        str(binary),
+        str(llama_server_binary()),
         "--model", str(gguf),
         "--host", "127.0.0.1",
         "--port", str(port),
@@ -180,30 +179,115 @@ def start_server(
         "--metrics",
         "--no-webui",
     ]  # fmt: skip
-    log.info("starting %s", " ".join(cmd))
+    return Launch("llamacpp", cmd, gguf.stem, {}, 120.0)
+
+
+def converted_smollm2(progress: Callable[[str], None]) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder for vLLM, converted once and cached."""
+    out = data_dir() / "models" / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file():
+        return out
+    progress(f"Converting SmolLM2 from GGUF for vLLM (once, ~30 s) into {out}…")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "voxloop.llm.convert", str(smollm2_gguf()), str(out)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode != 0 or not (out / "model.safetensors").is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelNotFoundError(
+            f"Converting SmolLM2 for vLLM failed ({last}). Install the converter with: "
+            "pip install 'voxloop[vllm]'"
+        )
+    return out
+
+
+def vllm_launch(
+    settings: LlmSettings,
+    port: int,
+    model: str | None,
+    profile_name: str | None,
+    progress: Callable[[str], None],
+) -> Launch:
+    if importlib.util.find_spec("vllm") is None:
+        raise ModelNotFoundError(
+            "vLLM is not installed. Run: ./install.sh --vllm (or pip install 'voxloop[vllm]'), "
+            "or use the default engine: voxloop llm start"
+        )
+    p = profile(profile_name or "smollm2-cpu")
+    if model:
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{folder} is not a Hugging Face model folder (no config.json). Pass one to --model."
+            )
+    elif p.model_dir:
+        folder = Path(p.model_dir)
+    else:
+        folder = converted_smollm2(progress)
+    name = folder.name
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(folder), "--served-model-name", name,
+        *serve_args(p, model_dir=str(folder), port=port)[1:],
+    ]  # fmt: skip
+    return Launch("vllm", cmd, name, dict(p.env), 600.0)
+
+
+def start_server(
+    settings: LlmSettings,
+    port: int | None = None,
+    model: str | None = None,
+    detach: bool = True,
+    engine: str = "llamacpp",
+    profile_name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ServerInfo, subprocess.Popen[bytes]]:
+    """Start an OpenAI-compatible server on 127.0.0.1 and return once ``/v1/models`` answers."""
+    say = progress or log.info
+    port = port or free_port()
+    if _port_in_use(port):
+        raise ConfigError(f"Port {port} on 127.0.0.1 is already in use. Pass another with --port.")
+    if engine == "vllm":
+        launch = vllm_launch(settings, port, model, profile_name, say)
+    elif engine == "llamacpp":
+        launch = llamacpp_launch(settings, port, model)
+    else:
+        raise ConfigError(f"Unknown engine {engine!r}. Engines: llamacpp, vllm.")
+    logs = data_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"llm-{port}.log"
+    log.info("starting %s", " ".join(launch.cmd))
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            cmd,
+            launch.cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
+            env={**os.environ, **launch.env},
         )
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    last_said = started
+    while time.monotonic() - started < launch.ready_timeout_s:
         if proc.poll() is not None:
             raise LLMUnavailableError(
-                f"The embedded LLM server exited at start (code {proc.returncode}): {_tail(log_path)}. "
+                f"The {launch.engine} server exited at start (code {proc.returncode}): {_tail(log_path)}. "
                 f"Full log: {log_path}"
             )
         if answers(url, timeout=1.0):
-            info = ServerInfo("llamacpp", proc.pid, url, gguf.name, port, str(log_path))
-            return info, proc
+            return ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path)), proc
+        if time.monotonic() - last_said >= 10:
+            last_said = time.monotonic()
+            say(f"… {launch.engine} is still loading ({last_said - started:.0f} s; log {log_path})")
         time.sleep(0.2)
     proc.kill()
     raise LLMUnavailableError(
-        f"The embedded LLM server did not answer within {ready_timeout_s:.0f} s. Log: {log_path}"
+        f"The {launch.engine} server did not answer within {launch.ready_timeout_s:.0f} s. Log: {log_path}"
     )
 
 
