@@ -88,3 +88,17 @@ def test_bench_runs_and_compares_both_pipelines(speech, voxloop, llm_server, tmp
     assert summary["reference"]["dropped"] == ["Yes."]  # the reference drops turns under 2 s
     assert 0 < summary["ratio_p50"] < 1
     assert plot.stat().st_size > 10_000
+
+
+def test_bench_load_reports_time_to_first_token_per_level(voxloop, llm_server):
+    run = voxloop("bench", "--load", "1,2", "--llm-url", llm_server, "--json")
+    assert run.code == 0, run.err
+    rows = json.loads(run.out)
+    assert [r["sessions"] for r in rows] == [1, 2]
+    assert [r["requests"] for r in rows] == [4, 8]
+    assert all(r["errors"] == 0 and r["ttft_p50_ms"] > 0 for r in rows)
+
+
+def test_bench_load_rejects_a_bad_level_list(voxloop):
+    run = voxloop("bench", "--load", "one,two", "--llm-url", "http://127.0.0.1:9/v1")
+    assert run.code == 2 and "1,2,4,8" in run.err

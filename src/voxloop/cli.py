@@ -121,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--llm-model", metavar="NAME", help="model name on the server")
     bench.add_argument("--limit", type=int, metavar="N", help="only the first N recordings")
     bench.add_argument("--plot", metavar="OUT.png", help="draw the per-stage comparison")
+    bench.add_argument(
+        "--no-reference", action="store_true", help="voxloop only (to compare voxloop's own settings)"
+    )
+    bench.add_argument(
+        "--load", metavar="N,N,…",
+        help="instead: N concurrent conversations per server (e.g. 1,2,4,8), time to first token",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", default=None, help="results as one JSON object")
     _common(bench)
 
@@ -249,6 +256,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
     from voxloop.printer import HumanPrinter
 
+    if args.load:
+        return _bench_load(args, settings)
     folder = (
         Path(args.set)
         if args.set
@@ -256,7 +265,9 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     )
     printer = HumanPrinter()
     with llm_urls(settings, printer) as urls:
-        turns, summary = run_bench(settings, urls[0], folder, args.limit, printer.info)
+        turns, summary = run_bench(
+            settings, urls[0], folder, args.limit, printer.info, reference=not args.no_reference
+        )
     if settings.output.json:
         print(to_json(turns, summary))
     else:
@@ -265,6 +276,24 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from voxloop.bench.plot import plot
 
         printer.info(f"plot: {plot(summary, Path(args.plot))}")
+    return 0
+
+
+def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import llm_urls
+    from voxloop.bench.load import load_table, run_load
+    from voxloop.errors import ConfigError
+    from voxloop.printer import HumanPrinter
+
+    try:
+        levels = [int(n) for n in args.load.split(",") if n.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--load takes numbers of conversations like 1,2,4,8 (got {args.load!r})."
+        ) from None
+    with llm_urls(settings, HumanPrinter()) as urls:
+        rows = run_load(urls, settings.llm, levels)
+    print(json.dumps(rows) if settings.output.json else load_table(rows))
     return 0
 
 

@@ -75,6 +75,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
+    pipelines: tuple[str, ...] = ("voxloop", "reference")
+
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.url = url
@@ -133,7 +135,7 @@ class Bench:
         turns: list[BenchTurn] = []
         for rec in load_set(folder)[:limit]:
             samples = load_audio(folder / rec["file"])
-            for pipeline in ("voxloop", "reference"):
+            for pipeline in self.pipelines:
                 progress(f"{rec['file']}: {pipeline} ({len(samples) / 16000:.0f} s of audio in real time)…")
                 if pipeline == "voxloop":
                     turns += await self.voxloop(rec["file"], samples, rec["turns"])
@@ -204,9 +206,10 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def run_bench(
-    settings: Settings, url: str, folder: Path, limit: int | None, progress: Any
+    settings: Settings, url: str, folder: Path, limit: int | None, progress: Any, reference: bool = True
 ) -> tuple[list[BenchTurn], dict[str, Any]]:
     bench = Bench(settings, url)
+    bench.pipelines = ("voxloop", "reference") if reference else ("voxloop",)
     turns = asyncio.run(bench.run(folder, limit, progress))
     return turns, summarize(turns)
 
