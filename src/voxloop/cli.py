@@ -131,6 +131,22 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", default=None, help="results as one JSON object")
     _common(bench)
 
+    srv = sub.add_parser("serve", help="the voice web page: many conversations at once in browser tabs")
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
+    )
+    srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    srv.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
+    srv.add_argument(
+        "--allow-origin", action="append", default=[], metavar="URL", help="another allowed page origin"
+    )
+    srv.add_argument(
+        "--llm-url", action="append", metavar="URL", help="OpenAI-compatible server(s) (default: embedded)"
+    )
+    srv.add_argument("--llm-model", metavar="NAME", help="model name on the server")
+    srv.add_argument("--system", metavar="TEXT", help="system prompt")
+    _common(srv)
+
     doctor = sub.add_parser("doctor", help="check installation, models, LLM and sound devices")
     doctor.add_argument("--llm-url", action="append", metavar="URL", help="also check this server")
     _common(doctor)
@@ -297,6 +313,17 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import llm_urls
+    from voxloop.printer import HumanPrinter
+    from voxloop.server import serve
+
+    printer = HumanPrinter()
+    with llm_urls(settings, printer) as urls:
+        serve(settings, urls, args.host, args.port, args.token, tuple(args.allow_origin), printer.info)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.doctor import run_checks
 
@@ -316,6 +343,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "llm": cmd_llm,
     "doctor": cmd_doctor,
     "bench": cmd_bench,
+    "serve": cmd_serve,
 }
 
 

@@ -106,6 +106,16 @@ class Assistant:
         await self.sink.drain()
         return self.done
 
+    async def interrupt(self, at_s: float = 0.0) -> bool:
+        """Barge-in: stop the reply being spoken where it is heard. False if none was."""
+        speaking = self._speaking
+        if speaking is None or (speaking.task.done() and not self.sink.busy()):
+            return False
+        self._speaking = None
+        spoken = await speaking.interrupt()
+        self.printer.emit(Interrupted(at_s=at_s, spoken=" ".join(spoken)))
+        return True
+
     def _listen(
         self, endpointer: Endpointer, block: np.ndarray, far: np.ndarray | None
     ) -> list[SpeechStarted | SpeechEnded]:
@@ -123,13 +133,8 @@ class Assistant:
                 await self._cancel_spec()  # the user went on: that pause was not the end
                 return
             self.printer.emit(event)
-            speaking = self._speaking
-            full_duplex = not source.live or self.aec is not None
-            if speaking is not None and full_duplex and (not speaking.task.done() or self.sink.busy()):
-                # Barge-in: the user talks over the reply. Stop it where it is heard.
-                self._speaking = None
-                spoken = await speaking.interrupt()
-                self.printer.emit(Interrupted(at_s=event.at_s, spoken=" ".join(spoken)))
+            if not source.live or self.aec is not None:  # full duplex: the user may barge in
+                await self.interrupt(event.at_s)
             return
         if not event.final:
             self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(sounds_finished(text)))

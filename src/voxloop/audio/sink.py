@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 class AudioSink(Protocol):
-    queued_total: int
-    played_total: int
+    @property
+    def queued_total(self) -> int:
+        """Samples (at the sink's rate) handed to :meth:`play` so far."""
+
+    @property
+    def played_total(self) -> int:
+        """Samples that have actually been played out so far."""
 
     async def play(self, samples: np.ndarray) -> None:
         """Queue samples for playback; returns once they are queued (not played)."""

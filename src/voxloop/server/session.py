@@ -1,0 +1,248 @@
+"""One browser conversation over a WebSocket (protocol version 1, docs/protocol.md).
+
+The browser sends 16 kHz mono PCM16 frames and JSON control messages; voxloop answers with JSON
+events and PCM16 reply audio. Each session has its own VAD state, history and barge-in; the STT,
+TTS and LLM are shared by all sessions. The browser cancels its own echo, so a session listens
+full duplex and the user can talk over a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from voxloop.events import (
+    ErrorEvent,
+    Event,
+    Interrupted,
+    ReplyDelta,
+    SpeechStarted,
+    Transcript,
+    TurnDone,
+)
+from voxloop.pipeline import Assistant
+from voxloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+INPUT_RATE = 16000
+MAX_FRAME_BYTES = 64_000  # 2 s of PCM16 at 16 kHz: far more than the 20 ms frames clients send
+MAX_CONTROL_BYTES = 8_000
+MAX_SYSTEM_CHARS = 4_000
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+SendBytes = Callable[[bytes], Awaitable[None]]
+
+
+class SocketSource:
+    """The browser's microphone: PCM16 frames pushed in by the receive loop."""
+
+    sample_rate = INPUT_RATE
+    live = False  # the browser cancels echo: full duplex
+    started_at: float | None = None
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue(maxsize=500)
+
+    def push(self, pcm16: bytes) -> None:
+        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        if self.started_at is None:
+            self.started_at = time.perf_counter() - len(samples) / INPUT_RATE
+        with contextlib.suppress(asyncio.QueueFull):  # a flooding client loses audio, not the server
+            self._queue.put_nowait(samples)
+
+    def end(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        while (block := await self._queue.get()) is not None:
+            yield block
+
+    def discard_pending(self) -> None:
+        return None
+
+
+class SocketSink:
+    """Reply audio to the browser as PCM16 frames. The browser plays it at real time, so what has
+    been heard is estimated from the clock; the browser stops playing on an ``interrupted``."""
+
+    def __init__(self, sample_rate: int, send_bytes: SendBytes) -> None:
+        self.rate = sample_rate
+        self._send = send_bytes
+        self.queued_total = 0
+        self._ends_at = 0.0  # when what was sent will have finished playing
+
+    @property
+    def played_total(self) -> int:
+        left = max(0.0, self._ends_at - time.monotonic())
+        return max(0, self.queued_total - int(left * self.rate))
+
+    async def play(self, samples: np.ndarray) -> None:
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        await self._send(pcm)
+        now = time.monotonic()
+        self._ends_at = max(self._ends_at, now) + len(samples) / self.rate
+        self.queued_total += len(samples)
+
+    async def drain(self) -> None:
+        return None
+
+    def flush(self) -> None:
+        self.queued_total = self.played_total
+        self._ends_at = time.monotonic()
+
+    def busy(self) -> bool:
+        return self._ends_at > time.monotonic()
+
+    def far_end(self, n: int) -> np.ndarray:
+        return np.zeros(n, np.float32)
+
+    def close(self) -> None:
+        return None
+
+
+class SocketPrinter:
+    """Pipeline events as protocol messages, sent in order from one task."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._pump())
+        self.on_turn: Callable[[TurnDone], None] | None = None
+
+    async def _pump(self) -> None:
+        while True:
+            message = await self._queue.get()
+            await self._send(message)
+
+    def message(self, message: dict[str, Any]) -> None:
+        self._queue.put_nowait(message)
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, SpeechStarted):
+            self.message({"type": "speech_started"})
+        elif isinstance(event, Transcript):
+            kind = "partial" if event.partial else "user_transcript"
+            self.message({"type": kind, "text": event.text})
+        elif isinstance(event, ReplyDelta):
+            self.message({"type": "assistant_delta", "text": event.text})
+        elif isinstance(event, Interrupted):
+            self.message({"type": "interrupted", "spoken": event.spoken})
+        elif isinstance(event, TurnDone):
+            self.message({"type": "assistant_done", "text": event.assistant or "", "turn": event.index})
+            self.message(
+                {
+                    "type": "metrics",
+                    "turn": event.index,
+                    "timings": {k: round(v) for k, v in event.timings.items()},
+                }
+            )
+            if self.on_turn is not None:
+                self.on_turn(event)
+        elif isinstance(event, ErrorEvent):
+            self.message({"type": "error", "message": event.message})
+
+    def info(self, message: str) -> None:
+        log.info("%s", message)
+
+
+class Session:
+    def __init__(self, app: Any, send: Send, send_bytes: SendBytes) -> None:
+        self.app = app
+        self.printer = SocketPrinter(send)
+        self.source = SocketSource()
+        self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes)
+        self.settings: Settings = app.settings
+        self._assistant: asyncio.Task[Any] | None = None
+        self._frames = 0
+        self._window = time.monotonic()
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "input_sample_rate": INPUT_RATE,
+            "output_sample_rate": self.app.synthesizer.sample_rate,
+            "frame_ms": 20,
+            "model": self.app.chat.model,
+        }
+
+    def start(self) -> None:
+        assistant = Assistant(
+            self.settings, self.app.transcriber, self.app.chat, self.app.synthesizer, self.sink, self.printer
+        )
+        self.assistant = assistant
+        self.printer.on_turn = self.app.count_turn
+        self._assistant = asyncio.create_task(assistant.run(self.source))
+
+    def error(self, message: str) -> None:
+        self.printer.message({"type": "error", "message": message})
+
+    def audio(self, data: bytes) -> None:
+        if len(data) > MAX_FRAME_BYTES or len(data) % 2:
+            self.error(
+                f"Audio frame of {len(data)} bytes refused: send 16 kHz mono PCM16 frames of 20 ms (640 bytes)."
+            )
+            return
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._window, self._frames = now, 0
+        self._frames += 1
+        if self._frames > 200:  # 10x real time: drop, do not queue without bound
+            if self._frames == 201:
+                self.error("Audio arrives faster than real time; frames are being dropped.")
+            return
+        if self._assistant is None:
+            self.start()
+        self.source.push(data)
+
+    def control(self, text: str) -> None:
+        if len(text) > MAX_CONTROL_BYTES:
+            self.error("Control message too long.")
+            return
+        try:
+            message = json.loads(text)
+            kind = message["type"]
+        except (ValueError, KeyError, TypeError):
+            self.error('Malformed control message: send JSON like {"type": "config", ...}.')
+            return
+        if kind == "config":
+            system = message.get("system")
+            if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS:
+                self.error(f"config.system must be a string of at most {MAX_SYSTEM_CHARS} characters.")
+                return
+            if self._assistant is not None:
+                self.error("config must come before the first audio frame.")
+                return
+            self.settings = dataclasses.replace(self.settings, system_prompt=system)
+            self.printer.message({"type": "config_ok"})
+        elif kind == "interrupt":
+            asyncio.get_running_loop().create_task(self._interrupt())
+        else:
+            self.error(f"Unknown control message type {kind!r}.")
+
+    async def _interrupt(self) -> None:
+        assistant = getattr(self, "assistant", None)
+        if assistant is not None:
+            await assistant.interrupt()
+
+    async def close(self) -> None:
+        """The client went away: stop listening, close any LLM stream, send nothing more."""
+        self.source.end()
+        if self._assistant is not None:
+            self._assistant.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._assistant
+        self.printer.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.printer.task

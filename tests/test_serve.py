@@ -1,0 +1,154 @@
+"""`voxloop serve`: the WebSocket protocol (version 1) with real models and a real LLM server,
+several conversations at once, and its guards (Origin, token, malformed frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from conftest import ROOT, wer
+from voxloop.audio.speech import spoken_turns
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-token-123"
+
+
+@pytest.fixture(scope="module")
+def server(llm_server, tmp_path_factory) -> Iterator[str]:
+    from voxloop.llm.server import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "VOXLOOP_HOME": str(tmp_path_factory.mktemp("serve-home")),
+        "VOXLOOP_LLM_TEMPERATURE": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxloop", "serve", "--port", str(port), "--llm-url", llm_server, "--token", TOKEN],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.3)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+async def converse(
+    base: str, audio: np.ndarray, before: list[Any] | None = None, origin: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Stream ``audio`` as a browser would (20 ms PCM16 frames in real time); return the events
+    and the number of reply audio samples received."""
+    events: list[dict[str, Any]] = []
+    samples = 0
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    async with websockets.connect(
+        f"ws://{base}/ws?token={TOKEN}", origin=origin or f"http://{base}", max_size=None
+    ) as ws:
+        events.append(json.loads(await ws.recv()))
+        for item in before or []:
+            await ws.send(item)
+
+        async def sender() -> None:
+            for i in range(0, len(pcm), 640):
+                await ws.send(pcm[i : i + 640])
+                await asyncio.sleep(0.02)
+            for _ in range(150):  # silence while the reply comes
+                await ws.send(b"\0" * 640)
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(sender())
+        try:
+            while True:
+                message = await asyncio.wait_for(ws.recv(), timeout=60)
+                if isinstance(message, bytes):
+                    samples += len(message) // 2
+                    continue
+                events.append(json.loads(message))
+                if events[-1]["type"] == "metrics":
+                    break
+        finally:
+            task.cancel()
+    return events, samples
+
+
+def test_health_metrics_and_page_need_the_token(server):
+    assert httpx.get(f"http://{server}/health").json()["status"] == "ok"
+    assert "voxloop_sessions_open" in httpx.get(f"http://{server}/metrics").text
+    assert httpx.get(f"http://{server}/").status_code == 403
+    page = httpx.get(f"http://{server}/?token={TOKEN}")
+    assert page.status_code == 200 and "getUserMedia" in page.text and "AudioWorklet" in page.text
+
+
+async def test_a_spoken_turn_over_the_websocket(server, synthesizer):
+    question = "What is the capital of France?"
+    events, samples = await converse(server, spoken_turns(synthesizer, [question]))
+    hello = events[0]
+    assert hello["type"] == "hello" and hello["protocol"] == 1
+    assert (hello["input_sample_rate"], hello["output_sample_rate"]) == (16000, 24000)
+    kinds = [e["type"] for e in events]
+    assert kinds.index("speech_started") < kinds.index("user_transcript") < kinds.index("assistant_done")
+    user = next(e for e in events if e["type"] == "user_transcript")["text"]
+    assert wer(question, user) <= 0.25
+    done = next(e for e in events if e["type"] == "assistant_done")
+    deltas = "".join(e["text"] for e in events if e["type"] == "assistant_delta")
+    assert done["text"] and deltas.strip()
+    assert samples > 24000 * 0.5  # reply audio arrived as PCM16 at 24 kHz
+    metrics = httpx.get(f"http://{server}/metrics").text
+    assert "voxloop_turns_total" in metrics and 'voxloop_stage_seconds_count{stage="stt"}' in metrics
+
+
+async def test_concurrent_sessions_each_get_their_own_conversation(server, synthesizer):
+    questions = ["What is the capital of France?", "Tell me a joke about cats.", "Hello there, my friend!"]
+    results = await asyncio.gather(*(converse(server, spoken_turns(synthesizer, [q])) for q in questions))
+    for question, (events, samples) in zip(questions, results, strict=True):
+        user = next(e for e in events if e["type"] == "user_transcript")["text"]
+        assert wer(question, user) <= 0.25, (question, user)
+        assert next(e for e in events if e["type"] == "assistant_done")["text"]
+        assert samples > 0
+
+
+async def test_foreign_origin_and_bad_token_are_refused(server):
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(f"ws://{server}/ws?token={TOKEN}", origin="http://evil.example"):
+            pass
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(f"ws://{server}/ws?token=wrong", origin=f"http://{server}"):
+            pass
+
+
+async def test_malformed_frames_get_an_error_and_the_session_goes_on(server, synthesizer):
+    question = "What is the capital of France?"
+    garbage = ["not json at all", json.dumps({"type": "launch-missiles"}), b"\x01\x02\x03"]
+    events, _ = await converse(server, spoken_turns(synthesizer, [question]), before=garbage)
+    errors = [e["message"] for e in events if e["type"] == "error"]
+    assert len(errors) == 3, errors
+    assert any("Malformed" in e for e in errors) and any("launch-missiles" in e for e in errors)
+    user = next(e for e in events if e["type"] == "user_transcript")["text"]
+    assert wer(question, user) <= 0.25
+
+
+async def test_config_sets_the_system_prompt(server, synthesizer):
+    config = json.dumps({"type": "config", "system": "You are Pip, a pirate."})
+    events, _ = await converse(server, spoken_turns(synthesizer, ["Hello there!"]), before=[config])
+    assert any(e["type"] == "config_ok" for e in events)
+    assert next(e for e in events if e["type"] == "assistant_done")["text"]
