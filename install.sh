@@ -22,6 +22,15 @@ if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
   fi
 fi
 
+# The browser tests drive Debian's Chromium with Playwright (no browser download).
+if [[ "$extras" == *dev* ]] && ! command -v chromium >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install Chromium (sudo apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+
 # llama.cpp: build only the libraries and tools, not its tests and examples.
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
 python -m pip install --disable-pip-version-check -q -e ".[${extras}]"

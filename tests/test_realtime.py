@@ -102,3 +102,11 @@ def test_bench_load_reports_time_to_first_token_per_level(voxloop, llm_server):
 def test_bench_load_rejects_a_bad_level_list(voxloop):
     run = voxloop("bench", "--load", "one,two", "--llm-url", "http://127.0.0.1:9/v1")
     assert run.code == 2 and "1,2,4,8" in run.err
+
+
+def test_bench_sessions_drives_voxloop_serve(voxloop, llm_server):
+    run = voxloop("bench", "--sessions", "1", "--llm-url", llm_server, "--json")
+    assert run.code == 0, run.err
+    (row,) = json.loads(run.out)
+    assert row["sessions"] == 1 and row["turns"] == 3 and row["errors"] == 0
+    assert 0 < row["first_audio_p50_ms"] < 5000

@@ -152,3 +152,48 @@ async def test_config_sets_the_system_prompt(server, synthesizer):
     events, _ = await converse(server, spoken_turns(synthesizer, ["Hello there!"]), before=[config])
     assert any(e["type"] == "config_ok" for e in events)
     assert next(e for e in events if e["type"] == "assistant_done")["text"]
+
+
+def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
+    """Debian's Chromium, driven by Playwright, with a WAV as its microphone."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from voxloop.audio import save_wav
+
+    question = "What is the capital of France?"
+    mic = tmp_path / "mic.wav"
+    save_wav(
+        mic, np.concatenate([spoken_turns(synthesizer, [question]), np.zeros(16000 * 8, np.float32)]), 16000
+    )
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian's chromium is installed by .ci/run (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={mic}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"http://{server}/?token={TOKEN}")
+            page.click("#talk")
+            page.wait_for_selector(".user", timeout=60_000)
+            page.wait_for_selector(".ai[data-done='1']", timeout=60_000)
+            page.wait_for_function("Number(document.body.dataset.played || 0) > 12000", timeout=30_000)
+            user = page.inner_text(".user").removeprefix("You: ")
+            reply = page.inner_text(".ai").removeprefix("voxloop: ")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            if os.environ.get("VOXLOOP_SCREENSHOT"):
+                page.screenshot(path=os.environ["VOXLOOP_SCREENSHOT"])
+        finally:
+            browser.close()
+    assert wer(question, user) <= 0.25, user
+    assert reply.strip()
+    assert (tmp_path / "page.png").stat().st_size > 5000

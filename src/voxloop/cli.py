@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from voxloop import __version__
@@ -121,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--llm-model", metavar="NAME", help="model name on the server")
     bench.add_argument("--limit", type=int, metavar="N", help="only the first N recordings")
     bench.add_argument("--plot", metavar="OUT.png", help="draw the per-stage comparison")
+    bench.add_argument(
+        "--sessions", metavar="N,N,…",
+        help="instead: N clients at once against one `voxloop serve` (e.g. 1,2,4,8), first-audio latency",
+    )  # fmt: skip
     bench.add_argument(
         "--no-reference", action="store_true", help="voxloop only (to compare voxloop's own settings)"
     )
@@ -266,8 +271,6 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
     from voxloop.app import llm_urls
     from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
     from voxloop.printer import HumanPrinter
@@ -279,6 +282,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         if args.set
         else (Path("benchmarks/set") if Path("benchmarks/set").is_dir() else DEFAULT_SET)
     )
+    if args.sessions:
+        return _bench_sessions(args, settings, folder)
     printer = HumanPrinter()
     with llm_urls(settings, printer) as urls:
         turns, summary = run_bench(
@@ -295,21 +300,39 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _levels(text: str, flag: str) -> list[int]:
+    from voxloop.errors import ConfigError
+
+    try:
+        levels = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise ConfigError(f"{flag} takes numbers of conversations like 1,2,4,8 (got {text!r}).")
+    return levels
+
+
 def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import llm_urls
     from voxloop.bench.load import load_table, run_load
-    from voxloop.errors import ConfigError
     from voxloop.printer import HumanPrinter
 
-    try:
-        levels = [int(n) for n in args.load.split(",") if n.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--load takes numbers of conversations like 1,2,4,8 (got {args.load!r})."
-        ) from None
+    levels = _levels(args.load, "--load")
     with llm_urls(settings, HumanPrinter()) as urls:
         rows = run_load(urls, settings.llm, levels)
     print(json.dumps(rows) if settings.output.json else load_table(rows))
+    return 0
+
+
+def _bench_sessions(args: argparse.Namespace, settings: Settings, folder: Path) -> int:
+    from voxloop.app import llm_urls
+    from voxloop.bench.sessions import run_sessions, sessions_table
+    from voxloop.printer import HumanPrinter
+
+    levels = _levels(args.sessions, "--sessions")
+    with llm_urls(settings, HumanPrinter()) as urls:
+        rows = run_sessions(urls, folder, levels)
+    print(json.dumps(rows) if settings.output.json else sessions_table(rows))
     return 0
 
 
