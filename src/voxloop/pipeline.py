@@ -10,9 +10,10 @@ once. Blocking libraries (CTranslate2, ONNX Runtime) run in their own threads, o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ class Assistant:
         sink: AudioSink,
         printer: Printer,
         aec: EchoCanceller | None = None,
+        pools: tuple[Executor, Executor] | None = None,
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
@@ -56,6 +58,7 @@ class Assistant:
         self.sink = sink
         self.printer = printer
         self.aec = aec
+        self.pools = pools  # (STT, TTS) executors shared with other conversations
         self.conversation = Conversation(settings.system_prompt)
         out = settings.output.output_dir
         self.output_dir = Path(out) if out else None
@@ -76,11 +79,15 @@ class Assistant:
         endpointer = endpointer or make_endpointer(self.settings.vad, source.sample_rate)
         loop = asyncio.get_running_loop()
         fed = 0
-        with (
-            ThreadPoolExecutor(1, thread_name_prefix="vad") as vad_thread,
-            ThreadPoolExecutor(1, thread_name_prefix="stt") as stt_thread,
-            ThreadPoolExecutor(1, thread_name_prefix="tts") as tts_thread,
-        ):
+        with contextlib.ExitStack() as stack:
+            vad_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vad"))
+            stt_thread: Executor
+            tts_thread: Executor
+            if self.pools is None:  # a conversation of its own: one STT and one TTS thread
+                stt_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="stt"))
+                tts_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tts"))
+            else:  # one of many (voxloop serve): the server's shared, bounded pools
+                stt_thread, tts_thread = self.pools
             self.models = Models(
                 self.transcriber, self.chat, self.synthesizer, self.sink, stt_thread, tts_thread
             )

@@ -13,6 +13,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -53,6 +54,14 @@ class ServerState:
     origins: tuple[str, ...] = ()
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     open_sessions: int = 0
+    # All conversations share the models through small FIFO pools: work is served in the order
+    # it comes, one model copy each, and a busy session cannot take more than its turn.
+    stt_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="stt")
+    )
+    tts_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tts")
+    )
 
     def __post_init__(self) -> None:
         r = self.registry

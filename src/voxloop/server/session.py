@@ -179,7 +179,13 @@ class Session:
 
     def start(self) -> None:
         assistant = Assistant(
-            self.settings, self.app.transcriber, self.app.chat, self.app.synthesizer, self.sink, self.printer
+            self.settings,
+            self.app.transcriber,
+            self.app.chat,
+            self.app.synthesizer,
+            self.sink,
+            self.printer,
+            pools=(self.app.stt_pool, self.app.tts_pool),
         )
         self.assistant = assistant
         self.printer.on_turn = self.app.count_turn
