@@ -65,6 +65,19 @@ def _match(truth: list[dict[str, Any]], end_s: float) -> int | None:
     return None
 
 
+def rows_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: each column is (heading, key, format spec such as '>8.0f')."""
+    widths = [max(len(head), *(len(format(r[key], spec)) for r in rows)) for head, key, spec in columns]
+    lines = ["  ".join(head.rjust(w) for (head, _, _), w in zip(columns, widths, strict=True))]
+    for r in rows:
+        lines.append(
+            "  ".join(
+                format(r[key], spec).rjust(w) for (_, key, spec), w in zip(columns, widths, strict=True)
+            )
+        )
+    return "\n".join(lines)
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from typing import Any
 
-from voxloop.bench import percentile
+from voxloop.bench import percentile, rows_table
 from voxloop.errors import LLMError
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.settings import LlmSettings
@@ -90,12 +90,13 @@ def run_load(
 
 
 def load_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'server':34s} {'model':28s} {'N':>3s} {'TTFT p50':>9s} {'TTFT p95':>9s} {'requests':>8s} {'errors':>6s}"
+    columns = [
+        ("server", "url", ""),
+        ("model", "model", ".28s"),
+        ("N", "sessions", "d"),
+        ("TTFT p50 ms", "ttft_p50_ms", ".0f"),
+        ("TTFT p95 ms", "ttft_p95_ms", ".0f"),
+        ("requests", "requests", "d"),
+        ("errors", "errors", "d"),
     ]
-    for r in rows:
-        lines.append(
-            f"{r['url']:34s} {r['model'][:28]:28s} {r['sessions']:>3d} {r['ttft_p50_ms']:>7.0f}ms "
-            f"{r['ttft_p95_ms']:>7.0f}ms {r['requests']:>8d} {r['errors']:>6d}"
-        )
-    return "\n".join(lines)
+    return rows_table(rows, columns)

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from voxloop.audio.decode import load_audio
-from voxloop.bench import load_set, percentile
+from voxloop.bench import load_set, percentile, rows_table
 from voxloop.errors import LLMUnavailableError
 
 FRAME = 320  # 20 ms at 16 kHz
@@ -124,12 +124,12 @@ async def _all(
 
 
 def sessions_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'sessions':>8s} {'turns':>6s} {'first audio p50':>16s} {'p95':>8s} {'no audio':>9s} {'errors':>7s}"
+    columns = [
+        ("sessions", "sessions", "d"),
+        ("turns", "turns", "d"),
+        ("first audio p50 ms", "first_audio_p50_ms", ".0f"),
+        ("p95 ms", "first_audio_p95_ms", ".0f"),
+        ("no audio", "no_audio", "d"),
+        ("errors", "errors", "d"),
     ]
-    for r in rows:
-        lines.append(
-            f"{r['sessions']:>8d} {r['turns']:>6d} {r['first_audio_p50_ms']:>13.0f} ms "
-            f"{r['first_audio_p95_ms']:>5.0f} ms {r['no_audio']:>9d} {r['errors']:>7d}"
-        )
-    return "\n".join(lines)
+    return rows_table(rows, columns)
