@@ -163,6 +163,7 @@ class Session:
         self.source = SocketSource()
         self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes)
         self.settings: Settings = app.settings
+        self.assistant: Assistant | None = None
         self._assistant: asyncio.Task[Any] | None = None
         self._frames = 0
         self._window = time.monotonic()
@@ -238,9 +239,8 @@ class Session:
             self.error(f"Unknown control message type {kind!r}.")
 
     async def _interrupt(self) -> None:
-        assistant = getattr(self, "assistant", None)
-        if assistant is not None:
-            await assistant.interrupt()
+        if self.assistant is not None:
+            await self.assistant.interrupt()
 
     async def close(self) -> None:
         """The client went away: stop listening, close any LLM stream, send nothing more."""
