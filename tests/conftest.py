@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,6 +101,8 @@ class Proxy:
     requests: list[dict[str, Any]] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     models_garbage: bool = False
+    slow_s: float = 0.0  # pause between forwarded chunks (a slow server)
+    client_gone: list[float] = field(default_factory=list)  # when a client hung up mid-reply
 
     @property
     def chats(self) -> list[dict[str, Any]]:
@@ -150,8 +153,13 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
                 self.end_headers()
                 for i, chunk in enumerate(r.iter_raw()):
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
+                    try:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        proxy.client_gone.append(time.monotonic())
+                        return  # closing upstream too, as a real server would stop generating
+                    time.sleep(proxy.slow_s)
                     if mode == "drop" and i >= 1:
                         self.connection.shutdown(2)
                         return

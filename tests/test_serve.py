@@ -24,18 +24,13 @@ pytestmark = pytest.mark.integration
 TOKEN = "test-token-123"
 
 
-@pytest.fixture(scope="module")
-def server(llm_server, tmp_path_factory) -> Iterator[str]:
+def start_serve(llm_url: str, home: str) -> tuple[subprocess.Popen[str], str]:
     from voxloop.llm.server import free_port
 
     port = free_port()
-    env = {
-        **os.environ,
-        "VOXLOOP_HOME": str(tmp_path_factory.mktemp("serve-home")),
-        "VOXLOOP_LLM_TEMPERATURE": "0",
-    }
+    env = {**os.environ, "VOXLOOP_HOME": home, "VOXLOOP_LLM_TEMPERATURE": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voxloop", "serve", "--port", str(port), "--llm-url", llm_server, "--token", TOKEN],
+        [sys.executable, "-m", "voxloop", "serve", "--port", str(port), "--llm-url", llm_url, "--token", TOKEN],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"127.0.0.1:{port}"
@@ -48,6 +43,12 @@ def server(llm_server, tmp_path_factory) -> Iterator[str]:
             pass
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         time.sleep(0.3)
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def server(llm_server, tmp_path_factory) -> Iterator[str]:
+    proc, base = start_serve(llm_server, str(tmp_path_factory.mktemp("serve-home")))
     yield base
     proc.terminate()
     proc.wait(timeout=10)
@@ -197,3 +198,38 @@ def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
     assert wer(question, user) <= 0.25, user
     assert reply.strip()
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+async def test_closing_the_page_closes_the_reply_stream(proxy, synthesizer, tmp_path):
+    """The LLM server sees its client hang up as soon as the browser tab goes away."""
+    proxy.slow_s = 0.1  # a reply that takes many seconds to stream
+    proc, base = start_serve(proxy.url, str(tmp_path / "home"))
+    try:
+        pcm = (
+            (spoken_turns(synthesizer, ["Tell me a long story about the sea."]) * 32767)
+            .astype("<i2")
+            .tobytes()
+        )
+        async with websockets.connect(f"ws://{base}/ws?token={TOKEN}", origin=f"http://{base}") as ws:
+            await ws.recv()
+            for i in range(0, len(pcm), 640):
+                await ws.send(pcm[i : i + 640])
+                await asyncio.sleep(0.02)
+            for _ in range(100):
+                await ws.send(b"\0" * 640)
+                await asyncio.sleep(0.02)
+                if proxy.chats:
+                    break
+            while True:  # wait for the reply to start streaming, then leave
+                message = await asyncio.wait_for(ws.recv(), timeout=30)
+                if isinstance(message, str) and json.loads(message)["type"] == "assistant_delta":
+                    break
+        closed = time.monotonic()
+        deadline = closed + 5
+        while not proxy.client_gone and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert proxy.client_gone, "the LLM stream stayed open after the page went away"
+        assert proxy.client_gone[0] - closed < 2.0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

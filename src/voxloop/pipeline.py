@@ -107,9 +107,14 @@ class Assistant:
                 if self._last_turn is not None:
                     await self._last_turn
             finally:
+                # Normally everything has finished here; if the conversation was called off (the
+                # client went away, Ctrl-C), stop any reply still streaming from the LLM.
                 await self._cancel_spec()
-                if self._partial is not None:
-                    self._partial.cancel()
+                if self._speaking is not None and not self._speaking.task.done():
+                    await self._speaking.cancel()
+                for task in (self._last_turn, self._partial):
+                    if task is not None and not task.done():
+                        task.cancel()
         await self.sink.drain()
         return self.done
 
