@@ -92,9 +92,9 @@ class OpenAIChat:
         if isinstance(exc, httpx.TimeoutException):
             reason = f"no answer within {self.settings.timeout_s:g} s"
         elif isinstance(exc, httpx.ConnectError):
-            reason = (
-                "connection refused" if "refused" in str(exc).lower() or not str(exc) else _snippet(str(exc))
-            )
+            text = str(exc).lower()
+            unknown_host = "name or service not known" in text or "nodename nor servname" in text
+            reason = "host not found" if unknown_host else "connection refused: nothing listens there"
         else:
             reason = _snippet(str(exc)) or type(exc).__name__
         return LLMUnavailableError(
