@@ -100,18 +100,18 @@ def failed(turns: list[TurnDone]) -> int:
     return LLMError.exit_code if any(t.error for t in turns) else 0
 
 
-def transcribe(settings: Settings, path: str) -> list[SpeechEnded | str]:
-    """Utterances in a file, each followed by its text: the same decoder, VAD and STT as chat."""
+def transcribe(settings: Settings, path: str) -> list[tuple[SpeechEnded, str]]:
+    """Each utterance in a file with its text: the same decoder, VAD and STT as chat."""
     samples = load_audio(path)
     transcriber = WhisperTranscriber(settings.stt)
     endpointer = make_endpointer(settings.vad)
-    out: list[SpeechEnded | str] = []
+    out: list[tuple[SpeechEnded, str]] = []
     for block in ArraySource(samples).iter_blocks():
         for event in endpointer.feed(block):
             if isinstance(event, SpeechEnded) and event.final:
                 text = transcriber.transcribe(event.audio)
                 if text:
-                    out += [event, text]
+                    out.append((event, text))
     return out
 
 

@@ -199,11 +199,9 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import transcribe
-    from voxloop.events import SpeechEnded
 
     items = transcribe(settings, args.file)
-    for event, text in zip(items[::2], items[1::2], strict=True):
-        assert isinstance(event, SpeechEnded) and isinstance(text, str)
+    for event, text in items:
         if settings.output.json:
             print(
                 json.dumps(
@@ -350,12 +348,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.doctor import run_checks
 
-    problems = 0
     for check in run_checks(settings):
         mark = "ok     " if check.ok else "problem"
         fix = f"  → {check.fix}" if check.fix and not check.ok else ""
         print(f"{mark} {check.name:14s} {check.detail}{fix}")
-        problems += not check.ok
     return 0
 
 
