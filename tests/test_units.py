@@ -56,6 +56,16 @@ def test_settings_errors_name_the_setting(tmp_path):
         load_settings(config_file=str(bad), environ={})
 
 
+def test_serve_port_is_the_pages_port_not_the_llms():
+    from voxloop.cli import _overrides, _parser
+
+    served = _parser().parse_args(["serve", "--port", "9000"])
+    assert served.serve_port == 9000
+    assert "llm" not in _overrides(served)
+    started = _parser().parse_args(["llm", "start", "--port", "9001"])
+    assert _overrides(started)["llm"]["port"] == 9001
+
+
 def test_env_list_of_urls():
     s = load_settings(environ={"VOXLOOP_LLM_URLS": "http://a:1/v1, http://b:2/v1"})
     assert s.llm.urls == ("http://a:1/v1", "http://b:2/v1")

@@ -21,6 +21,7 @@ from voxloop.llm.openai_http import OpenAIChat
 from voxloop.llm.server import embedded_server
 from voxloop.pipeline import Assistant
 from voxloop.printer import Printer
+from voxloop.reply import sounds_finished
 from voxloop.settings import Settings
 from voxloop.stt.whisper import WhisperTranscriber
 from voxloop.tts.hibari_tts import HibariSynthesizer
@@ -101,17 +102,33 @@ def failed(turns: list[TurnDone]) -> int:
 
 
 def transcribe(settings: Settings, path: str) -> list[tuple[SpeechEnded, str]]:
-    """Each utterance in a file with its text: the same decoder, VAD and STT as chat."""
+    """Each utterance in a file with its text: the same decoder, VAD and STT as chat.
+
+    As in chat, the words heard at each pause tell the endpointer whether the sentence sounded
+    finished (end the utterance soon) or not (wait longer), so both split a recording alike.
+    """
     samples = load_audio(path)
     transcriber = WhisperTranscriber(settings.stt)
     endpointer = make_endpointer(settings.vad)
     out: list[tuple[SpeechEnded, str]] = []
+    paused: tuple[float, str] | None = None  # (end_s, words) of the pause being weighed
     for block in ArraySource(samples).iter_blocks():
         for event in endpointer.feed(block):
-            if isinstance(event, SpeechEnded) and event.final:
+            if not isinstance(event, SpeechEnded):
+                continue
+            if not event.final:
                 text = transcriber.transcribe(event.audio)
-                if text:
-                    out.append((event, text))
+                endpointer.hint(sounds_finished(text))
+                paused = (event.end_s, text)
+                continue
+            # The pause that ended the utterance was already transcribed (chat reuses it too).
+            if paused is not None and paused[0] == event.end_s:
+                text = paused[1]
+            else:
+                text = transcriber.transcribe(event.audio)
+            paused = None
+            if text:
+                out.append((event, text))
     return out
 
 

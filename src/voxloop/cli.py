@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
     )
-    srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    srv.add_argument(
+        "--port", dest="serve_port", type=int, default=8080, help="port (default 8080)"
+    )  # not the LLM's port
     srv.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
     srv.add_argument(
         "--allow-origin", action="append", default=[], metavar="URL", help="another allowed page origin"
@@ -341,7 +343,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     printer = HumanPrinter()
     with llm_urls(settings, printer) as urls:
-        serve(settings, urls, args.host, args.port, args.token, tuple(args.allow_origin), printer.info)
+        serve(settings, urls, args.host, args.serve_port, args.token, tuple(args.allow_origin), printer.info)
     return 0
 
 

@@ -98,8 +98,8 @@ class TtsSettings:
     voice: str = "heart"
     speed: float = 1.0
     threads: int = 1
-    speak: bool = True
-    echo_cancel: str = "auto"  # auto | webrtc | livekit | none (none: half-duplex on a microphone)  # play through the speakers; the audio is synthesized either way
+    speak: bool = True  # play through the speakers; the audio is synthesized either way
+    echo_cancel: str = "auto"  # auto | webrtc | livekit | none (none: half-duplex on a microphone)
 
 
 @dataclass(frozen=True, slots=True)
