@@ -224,3 +224,23 @@ def test_echo_reduction_db_is_an_energy_ratio_after_the_skip():
     assert echo_reduction_db(mic, np.zeros_like(mic)) == float("inf")
     with pytest.raises(ValueError):
         echo_reduction_db(np.zeros(3 * RATE), cleaned)
+
+
+def test_doctor_says_which_canceller_a_microphone_gets(monkeypatch):
+    from voxloop.doctor import run_checks
+    from voxloop.settings import Settings, TtsSettings
+
+    def line(echo_cancel: str):
+        checks = run_checks(Settings(tts=TtsSettings(echo_cancel=echo_cancel)))
+        return next(c for c in checks if c.name == "echo canceller")
+
+    found = line("auto")
+    assert found.ok and found.detail.startswith("webrtc (pywebrtc-audio ")
+    off = line("none")
+    assert off.ok and "half-duplex" in off.detail
+    monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
+    monkeypatch.setitem(sys.modules, "livekit.rtc", None)
+    missing = line("auto")
+    assert not missing.ok and "pip install pywebrtc-audio" in missing.detail
+    named = line("webrtc")
+    assert not named.ok and "pip install pywebrtc-audio" in named.detail

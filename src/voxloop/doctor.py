@@ -104,6 +104,12 @@ def run_checks(settings: Settings) -> list[Check]:
 
         return probe
 
+    def echo() -> str:
+        from voxloop.audio.aec import describe, make_echo_canceller
+
+        return describe(make_echo_canceller(settings.tts.echo_cancel), settings.tts.echo_cancel)
+
+    checks.append(_guarded("echo canceller", echo))
     checks.append(_guarded("microphone", sound("input"), "connect one, or use --input FILE"))
     checks.append(_guarded("speaker", sound("output"), "connect one, or use --no-speak / --output-dir"))
     return checks

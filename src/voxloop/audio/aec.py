@@ -28,6 +28,7 @@ buffer into whole frames and hand back exactly as many samples as they were give
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 from types import ModuleType
 from typing import Any, Protocol
@@ -58,6 +59,8 @@ class EchoCanceller(Protocol):
     equal, arbitrary length. The result has the same length as ``near``; it is the cleaned
     microphone signal delayed by a constant latency (10 ms for the implementations here).
     """
+
+    kind: str  # which backend: one of KINDS
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray: ...
 
@@ -155,6 +158,8 @@ class WebRtcAec(_FramedCanceller):
     microphone (output buffer + acoustic path + input buffer); AEC3 also estimates it itself.
     """
 
+    kind = "webrtc"
+
     def __init__(self, delay_ms: int = 40) -> None:
         self._module = _import_backend("webrtc")
         self.delay_ms = _check_delay(delay_ms)
@@ -180,6 +185,8 @@ class LiveKitAec(_FramedCanceller):
     instant goes to ``process_stream``. Each call is a round trip through livekit's FFI, so it
     costs more per frame than :class:`WebRtcAec`. The module has no reset: a new one is made.
     """
+
+    kind = "livekit"
 
     def __init__(self, delay_ms: int = 40) -> None:
         self._rtc = _import_backend("livekit")
@@ -240,6 +247,23 @@ def make_echo_canceller(kind: str = "auto", delay_ms: int = 40) -> EchoCanceller
         return cls(delay_ms)
     log.info("no echo canceller installed (pip install pywebrtc-audio); listening half-duplex")
     return None
+
+
+def describe(aec: EchoCanceller | None, kind: str) -> str:
+    """One line for `voxloop doctor`: which canceller a microphone conversation gets.
+
+    Raises :class:`ConfigError` when ``auto`` finds none, because then the user cannot talk
+    over voxloop and should be told which package fixes that.
+    """
+    if aec is not None:
+        package = _BACKENDS[aec.kind][1]
+        return f"{aec.kind} ({package} {importlib.metadata.version(package)}): you can talk over replies"
+    if kind.strip().lower() == "none":
+        return "off (half-duplex): on a microphone voxloop listens only while it is silent"
+    raise ConfigError(
+        "none installed: on a microphone voxloop listens only while it is silent (half-duplex). "
+        "To talk over replies: pip install pywebrtc-audio"
+    )
 
 
 def echo_reduction_db(
