@@ -76,6 +76,18 @@ def cer(reference: str, hypothesis: str) -> float:
     return float(jiwer.cer(_norm(reference), _norm(hypothesis)))
 
 
+@pytest.fixture(scope="session")
+def mid_phrase_pause(synthesizer, tmp_path_factory) -> Path:
+    """ "I would like to", a 0.7 s pause, "order a large pizza with mushrooms.": long enough
+    for a plain 0.6 s endpoint to split it, short enough for the 0.9 s wait after "…to"."""
+    first = spoken_turns(synthesizer, ["I would like to"], lead_s=0.5, turn_gap_s=0)
+    rest = spoken_turns(synthesizer, ["order a large pizza with mushrooms."], lead_s=0.0)
+    pause = np.zeros(int(0.6 * 16000), np.float32)
+    path = tmp_path_factory.mktemp("pause") / "pause.wav"
+    save_wav(path, np.concatenate([first[: len(first) - 8000], pause, rest]), 16000)
+    return path
+
+
 # -- the real LLM server ----------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def llm_server(tmp_path_factory) -> Iterator[str]:

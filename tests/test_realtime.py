@@ -46,16 +46,9 @@ def test_realtime_event_sequence(speech, voxloop, llm_server):
         assert t[key] > 0, key
 
 
-def test_a_pause_mid_phrase_does_not_end_the_turn(synthesizer, voxloop, llm_server, tmp_path):
+def test_a_pause_mid_phrase_does_not_end_the_turn(mid_phrase_pause, voxloop, llm_server):
     """Speculation on a pause inside an unfinished phrase is called off when the user goes on."""
-    from voxloop.audio import save_wav
-    from voxloop.audio.speech import spoken_turns
-
-    first = spoken_turns(synthesizer, ["I would like to"], lead_s=0.5, turn_gap_s=0)
-    rest = spoken_turns(synthesizer, ["order a large pizza with mushrooms."], lead_s=0.0)
-    pause = np.zeros(int(0.6 * 16000), np.float32)
-    wav = tmp_path / "pause.wav"
-    save_wav(wav, np.concatenate([first[: len(first) - 8000], pause, rest]), 16000)
+    wav = mid_phrase_pause
     run = voxloop("chat", "--input", str(wav), "--realtime", "--json", "--no-speak", "--llm-url", llm_server)
     assert run.code == 0, run.err
     done = [e for e in run.events() if e["type"] == "turn_done"]

@@ -102,23 +102,15 @@ def test_short_window_stt_matches_the_30s_window(synthesizer, transcriber):
     assert wer(" ".join(texts), " ".join(fast_text)) <= 0.15
 
 
-def test_transcribe_splits_a_mid_phrase_pause_the_way_chat_does(synthesizer, tmp_path):
-    """A pause after "I would like to" before "order a pizza": the words at the pause keep the utterance open, as in
-    chat (tests/test_realtime.py), where a plain 0.6 s endpoint would split it in two."""
+def test_transcribe_splits_a_mid_phrase_pause_the_way_chat_does(mid_phrase_pause):
+    """The words at the pause after "I would like to" keep the utterance open, as in chat
+    (tests/test_realtime.py), where a plain 0.6 s endpoint would split it in two."""
     from voxloop.app import transcribe
-    from voxloop.audio import save_wav
-    from voxloop.audio.speech import spoken_turns
     from voxloop.settings import Settings
 
-    first = spoken_turns(synthesizer, ["I would like to"], lead_s=0.5, turn_gap_s=0)
-    rest = spoken_turns(synthesizer, ["order a large pizza with mushrooms."], lead_s=0.0)
-    pause = np.zeros(int(0.6 * 16000), np.float32)
-    wav = tmp_path / "pause.wav"
-    save_wav(wav, np.concatenate([first[: len(first) - 8000], pause, rest]), 16000)
-
-    heard = transcribe(Settings(), str(wav))
+    heard = transcribe(Settings(), str(mid_phrase_pause))
     assert len(heard) == 1, [text for _, text in heard]
     assert wer("I would like to order a large pizza with mushrooms", heard[0][1]) <= 0.25
     # The control: without the words steering the endpointer, the same pause splits it.
-    plain = transcribe(Settings(vad=VadSettings(adaptive=False)), str(wav))
+    plain = transcribe(Settings(vad=VadSettings(adaptive=False)), str(mid_phrase_pause))
     assert len(plain) == 2, [text for _, text in plain]
