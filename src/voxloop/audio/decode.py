@@ -66,7 +66,7 @@ def load_audio(path: str | Path, target_rate: int = STT_RATE) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise AudioInputError(f"Audio file {path} does not exist. Check the path given to --input.")
+        raise AudioInputError(f"Audio file {path} does not exist. Check the path and its spelling.")
     if path.is_dir():
         raise AudioInputError(f"{path} is a folder, not an audio file. Pass a WAV, FLAC, OGG or MP3 file.")
     if path.stat().st_size == 0:
