@@ -57,6 +57,9 @@ class StoryChat:
             self.closed_early += 1
             raise
 
+    async def prefill(self, messages: list[Message]) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -149,3 +149,40 @@ def test_doctor_reports_models_and_devices(voxloop, llm_server):
     assert "ok      STT model" in run.out and "tiny" not in run.err
     assert "ok      LLM server" in run.out
     assert "problem microphone" in run.out  # this machine has no sound card
+
+
+async def test_prefill_leaves_system_prompt_and_history_in_the_servers_cache(llm_server):
+    """While the user talks, voxloop has the server read the conversation so far; the reply's
+    request then finds it cached and reads only the new words."""
+    import uuid
+
+    import httpx
+
+    from voxloop.conversation import Conversation
+    from voxloop.llm.openai_http import OpenAIChat
+    from voxloop.settings import Settings
+
+    chat = OpenAIChat(llm_server, Settings().llm)
+    await chat.connect()
+
+    def conversation() -> Conversation:
+        # A system prompt no earlier request used, so no server slot has it cached already.
+        conv = Conversation(f"You are a helpful assistant for session {uuid.uuid4().hex}.")
+        conv.add("What is the capital of France?", "The capital of France is Paris.")
+        return conv
+
+    async def cached_tokens(conv: Conversation) -> int:
+        messages = conv.request("And of Italy?", chat.context_tokens, 8)
+        body = {"model": chat.model, "messages": messages, "max_tokens": 1}
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.post(llm_server + "/chat/completions", json=body)
+        return int(response.json()["timings"]["cache_n"])
+
+    try:
+        cold_n = await cached_tokens(conversation())
+        warm = conversation()
+        await chat.prefill(warm.request("", chat.context_tokens, 8))
+        warm_n = await cached_tokens(warm)
+    finally:
+        await chat.aclose()
+    assert warm_n >= cold_n + 25, (cold_n, warm_n)

@@ -224,6 +224,9 @@ class FakeChat:
             raise LLMUnavailableError("server went away")
         yield "And ends."
 
+    async def prefill(self, messages: list[Message]) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -283,6 +286,23 @@ async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, ca
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in out].count("turn_done") == 3
     assert any(e["type"] == "error" and "Turn 2" in e["message"] for e in out)
+
+
+class MuteOnceChat(FakeChat):
+    """Ends its first reply with nothing speakable, as a tiny model sometimes does."""
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        yield "**" if len(self.requests) == 1 else "Hello there."
+
+
+async def test_a_reply_with_nothing_to_say_is_asked_again():
+    chat = MuteOnceChat()
+    assistant = Assistant(Settings(), FakeTranscriber(["hi"]), chat, FakeSynth(), NullSink(), JsonPrinter())
+    turns = await assistant.run(BlocksSource(1), ScriptedEndpointer())
+    assert len(chat.requests) == 2
+    assert turns[0].assistant == "Hello there."
+    assert turns[0].reply_audio is None and "speech_end_to_first_audio_ms" in turns[0].timings
 
 
 class LoopingChat(FakeChat):

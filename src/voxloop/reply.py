@@ -30,6 +30,8 @@ from voxloop.tts.sentences import LoopGuard, SentenceSplitter
 
 log = logging.getLogger(__name__)
 
+PREFILL_WAIT_S = 0.5  # longest wait for a prompt-cache prefill to finish before the real request
+
 _UNFINISHED = {
     "and", "or", "but", "so", "because", "to", "the", "a", "an", "of", "with", "for", "in", "on",
     "at", "my", "your", "is", "are", "was", "um", "uh", "like", "if", "then", "that", "which",
@@ -92,6 +94,7 @@ class ReplyJob:
         emit: Callable[[Event], None],
         after: Awaitable[object] | None = None,
         on_words: Callable[[str], None] | None = None,
+        warming: asyncio.Task[None] | None = None,
     ) -> None:
         self.models = models
         self.conversation = conversation
@@ -100,6 +103,7 @@ class ReplyJob:
         self._emit = emit
         self._after = after  # the previous turn: its reply must be in the history first
         self._on_words = on_words
+        self._warming = warming  # a prefill of the server's prompt cache, still running maybe
         self.started_wall = time.perf_counter()
         self.started_audio_s = speech.endpoint_at_s
         self.result = ReplyResult()
@@ -201,6 +205,10 @@ class ReplyJob:
         if self._after is not None:
             # Shielded: calling this job off must not call off the turn before it.
             await asyncio.shield(self._after)
+        if self._warming is not None and not self._warming.done():
+            # A request sent now would go to another server slot, with none of the prompt cached.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._warming), PREFILL_WAIT_S)
         started = time.perf_counter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(sentences))
@@ -213,6 +221,11 @@ class ReplyJob:
                 # The estimate was off: keep only the newest exchange and try once more.
                 log.warning("context overflow; retrying with the oldest history dropped")
                 await self._generate(started, sentences, len(self.conversation.exchanges) - 1)
+            if not r.sentences:
+                # A tiny model now and then ends its reply before anything speakable (only
+                # symbols, or a loop cut short): ask once more rather than stay silent.
+                log.info("the reply had nothing to say; asking again")
+                await self._generate(started, sentences, drop_oldest=0)
         except LLMError as exc:
             r.error = str(exc)
         finally:

@@ -27,6 +27,11 @@ class ChatModel(Protocol):
 
     def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
 
+    async def prefill(self, messages: list[Message]) -> None:
+        """Have the server read ``messages`` into its prompt cache ahead of the real request
+        (while the user is still talking), so the reply's first token comes sooner. Best
+        effort: never raises."""
+
     async def aclose(self) -> None: ...
 
 

@@ -84,6 +84,9 @@ class FailoverChat:
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
 
+    async def prefill(self, messages: list[Message]) -> None:
+        await self.chats[self.current].prefill(messages)
+
     async def aclose(self) -> None:
         for chat in self.chats:
             await chat.aclose()

@@ -206,6 +206,17 @@ class OpenAIChat:
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
 
+    async def prefill(self, messages: list[Message]) -> None:
+        # One token, greedy: the server evaluates the whole prompt and keeps it in its cache
+        # (llama.cpp's per-slot cache, vLLM's prefix cache); the next request with the same
+        # beginning only evaluates what is new.
+        payload = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
+        try:
+            response = await self._client.post(self.url + "/chat/completions", json=payload)
+            log.debug("prefill: HTTP %d", response.status_code)
+        except httpx.HTTPError as exc:
+            log.debug("prefill failed: %s", exc)
+
     async def _read(self, response: httpx.Response) -> AsyncIterator[str]:
         """The reply in a response: streamed events, one JSON completion, or an error."""
         if response.status_code >= 400:
