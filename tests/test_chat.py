@@ -87,7 +87,7 @@ def test_two_turns_second_request_carries_first_and_system_prompt(speech, voxloo
     ]
     assert wer("what is my name", done[1]["user"]) <= 0.25
     # The model name was discovered from /v1/models, not guessed.
-    assert first["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert first["model"] == "SmolLM2-135M-Instruct.Q8_0"
 
 
 def test_short_yes_is_a_turn(speech, voxloop, llm_server):
@@ -126,6 +126,13 @@ def test_llm_start_status_stop_and_chat_reuses_it(speech, voxloop):
         assert start.out.strip() == f"http://127.0.0.1:{port}/v1"
         status = voxloop("llm", "status")
         assert status.code == 0 and "ready" in status.out and port in status.out
+        # It serves SmolLM2 re-packed as Q8_0, below voxloop's own priority (STT and TTS first).
+        import os
+        import re
+
+        pid = int(re.search(r"pid (\d+)", status.out).group(1))
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 10
+        assert "SmolLM2-135M-Instruct.Q8_0" in status.out
         run = voxloop("chat", "--input", str(speech(["Hello there!"])), "--no-speak")
         assert run.code == 0, run.err
         assert "Starting the embedded LLM" not in run.err

@@ -77,7 +77,7 @@ def test_unknown_model_lists_what_the_server_has(speech, voxloop, llm_server):
         "mistral-7b",
         "--no-speak",
     )
-    one_clear_line(run, 6, "mistral-7b", "It serves: SmolLM2-135M-Instruct.Q4_1")
+    one_clear_line(run, 6, "mistral-7b", "It serves: SmolLM2-135M-Instruct.Q8_0")
 
 
 def test_server_answering_non_json(speech, voxloop, proxy):

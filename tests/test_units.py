@@ -352,3 +352,19 @@ def test_sounds_finished():
     assert not sounds_finished("Tell me about the weather and")
     assert not sounds_finished("Well...")
     assert not sounds_finished("")
+
+
+def test_embedded_model_is_repacked_as_q8_once_or_falls_back_to_the_packaged_file(tmp_path, monkeypatch):
+    from voxloop.llm import server
+
+    monkeypatch.setenv("VOXLOOP_HOME", str(tmp_path / "home"))
+    fast = server.embedded_gguf()
+    assert fast.name == "SmolLM2-135M-Instruct.Q8_0.gguf" and fast.parent == tmp_path / "home" / "models"
+    assert fast.read_bytes()[:4] == b"GGUF" and fast.stat().st_size > server.smollm2_gguf().stat().st_size
+    assert server.embedded_gguf() == fast  # made once, then reused
+    # Without llama.cpp's quantize tool, the server runs the packaged Q4_1 file.
+    monkeypatch.setenv("VOXLOOP_HOME", str(tmp_path / "other"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(server, "llama_server_binary", lambda: tmp_path / "bin" / "llama-server")
+    assert server.embedded_gguf() == server.smollm2_gguf()
+    assert not list((tmp_path / "other" / "models").iterdir())  # no half-written file left

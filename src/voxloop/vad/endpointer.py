@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STEP = 512  # Silero v6 at 16 kHz takes 512 new samples per call
 CONTEXT = 64  # ...plus the last 64 samples of the previous call
+TRAILING_S = 0.2  # silence kept after the last voiced step for the STT
 
 
 def silero_model_path() -> Path:
@@ -174,8 +175,12 @@ class SileroEndpointer:
 
     def _ended(self, now: int, final: bool) -> SpeechEnded:
         audio = np.concatenate(self._chunks)
-        # Keep a little trailing silence: Whisper transcribes a clipped last word worse.
-        keep = min(len(audio), self._last_voiced_end - self._start + int(0.2 * self.rate))
+        # Keep 0.2 s of trailing silence: Whisper transcribes a clipped last word worse, and
+        # after a short one it may hear the utterance twice ("Okay. Okay."). A speculative end
+        # comes before the pause is that long: make up the rest with digital silence.
+        keep = self._last_voiced_end - self._start + int(TRAILING_S * self.rate)
+        if keep > len(audio):
+            audio = np.concatenate([audio, np.zeros(keep - len(audio), np.float32)])
         return SpeechEnded(
             audio=audio[:keep],
             start_s=max(0, self._start) / self.rate,
