@@ -77,8 +77,15 @@ def test_splitter_emits_sentences_as_they_complete():
     out = []
     for piece in ["Hello the", "re, my friend. Dr. Smith", " is 3.5 metres tall! And", " then"]:
         out += sp.feed(piece)
-    assert out == ["Hello there, my friend.", "Dr. Smith is 3.5 metres tall!"]
+    # The first piece may end at a clause ("I'm sorry," is spoken while the rest is generated);
+    # later pieces are whole sentences of a speakable length.
+    assert out == ["Hello there,", "my friend. Dr. Smith is 3.5 metres tall!"]
     assert sp.flush() == ["And then"]
+
+
+def test_splitter_does_not_cut_a_first_clause_of_one_word():
+    sp = SentenceSplitter()
+    assert sp.feed("Well, I think so. ") == ["Well, I think so."]
 
 
 def test_speakable_strips_markdown():

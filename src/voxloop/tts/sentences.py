@@ -25,7 +25,7 @@ def speakable(text: str) -> str:
 
 
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12, first_clause_words: int = 3) -> None:
+    def __init__(self, min_chars: int = 12, first_clause_words: int = 2) -> None:
         self.min_chars = min_chars
         self.first_clause_words = first_clause_words
         self._buffer = ""
