@@ -114,3 +114,18 @@ def test_transcribe_splits_a_mid_phrase_pause_the_way_chat_does(mid_phrase_pause
     # The control: without the words steering the endpointer, the same pause splits it.
     plain = transcribe(Settings(vad=VadSettings(adaptive=False)), str(mid_phrase_pause))
     assert len(plain) == 2, [text for _, text in plain]
+
+
+def test_an_interim_transcript_made_useless_is_dropped_after_the_encoder(transcriber, speech):
+    """While an interim transcript runs the user pauses: the decoder is skipped so the
+    transcript that matters starts sooner."""
+    audio = load_audio(str(speech(["Please remind me to call my sister on Friday."])))
+    asked: list[bool] = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return True
+
+    assert transcriber.transcribe(audio, stop=stop) == ""
+    assert asked
+    assert "sister" in transcriber.transcribe(audio, stop=lambda: False).lower()

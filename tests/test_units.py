@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import numpy as np
@@ -206,7 +206,7 @@ class FakeTranscriber:
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> str:
         return self.texts.pop(0)
 
 

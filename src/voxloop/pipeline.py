@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -70,6 +72,9 @@ class Assistant:
         self._speaking: ReplyJob | None = None  # the committed reply, while it is generated or heard
         self._partial: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None  # a prefill of the LLM's prompt cache
+        # Set when the user pauses: an interim transcript still running is then useless, and it
+        # would hold up the one that matters.
+        self._paused = threading.Event()
         self._last_partial_s = 0.0
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
         self._input_done = False
@@ -152,6 +157,7 @@ class Assistant:
             if self._t0 is not None and (self._speaking is None or self._speaking.task.done()):
                 self._prefill("")  # the history with the last reply, while the user talks
             return
+        self._paused.set()
         if not event.final:
             self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(sounds_finished(text)))
             if not realtime:
@@ -205,11 +211,13 @@ class Assistant:
         if audio is None or len(audio) < 16000 * PARTIAL_EVERY_S:
             return
         self._last_partial_s = now_s
+        self._paused.clear()
         self._partial = asyncio.create_task(self._emit_partial(audio))
 
     async def _emit_partial(self, audio: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self.models.stt_thread, self.transcriber.transcribe, audio)
+        work = functools.partial(self.transcriber.transcribe, audio, stop=self._paused.is_set)
+        text = await loop.run_in_executor(self.models.stt_thread, work)
         if text:
             self.printer.emit(Transcript(text=text, stt_ms=0.0, partial=True))
 

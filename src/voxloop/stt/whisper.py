@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,14 +135,18 @@ class WhisperTranscriber:
         # A lone stock phrase that Whisper is unsure of is its habit on near-silence.
         return not (text in _STOCK and seg.no_speech_prob > 0.5 and seg.avg_logprob < -0.6)
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> str:
         audio = audio.astype(np.float32, copy=False)
         segments: list[Segment] = []
         if self.settings.window_s < 30 and len(audio) <= (self.settings.window_s - 0.5) * 16000:
-            segment = self._decode_window(audio, self.settings.window_s)
+            segment = self._decode_window(audio, self.settings.window_s, stop)
+            if segment is None:
+                return ""
             if not _repeats_itself(segment.text):
                 segments = [segment]
         if not segments:
+            if stop is not None and stop():
+                return ""
             segments = self._decode_30s(audio)
         kept = []
         for seg in segments:
@@ -168,11 +173,14 @@ class WhisperTranscriber:
         # The generator runs the decoder: consume it here, in the caller's worker thread.
         return [Segment(g.text, g.no_speech_prob, g.avg_logprob, g.compression_ratio) for g in segments]
 
-    def _decode_window(self, audio: np.ndarray, window_s: float) -> Segment:
+    def _decode_window(
+        self, audio: np.ndarray, window_s: float, stop: Callable[[], bool] | None = None
+    ) -> Segment | None:
         """Encode a window of ``window_s`` instead of 30 s: ~3x faster on a short utterance.
 
         The decoder's length is capped to what the audio could hold; a transcript that repeats
         itself (the model expecting more audio) is redone on the 30 s path by the caller.
+        None when ``stop`` says so after the encoder.
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage
@@ -180,6 +188,8 @@ class WhisperTranscriber:
         m = self.model
         features = pad_or_trim(m.feature_extractor(audio)[..., :-1], int(window_s * 100))
         encoded = m.model.encode(get_ctranslate2_storage(features[None]))
+        if stop is not None and stop():
+            return None  # the decoder is the longer half on a long utterance: skip it
         result = m.model.generate(
             encoded,
             [self._prompt],
