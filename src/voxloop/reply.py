@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -113,6 +114,7 @@ class ReplyJob:
         self._playback: asyncio.Queue[tuple[str, np.ndarray] | None] = asyncio.Queue()
         self._spans: list[tuple[str, int, int]] = []  # sentence, sink samples [start, end)
         self.interrupted = False
+        self.cancelled = False  # read by the STT thread: a cancelled job skips its decoder
         self._player = asyncio.create_task(self._play())
         self.task = asyncio.create_task(self._run())
 
@@ -126,6 +128,7 @@ class ReplyJob:
 
     async def cancel(self) -> None:
         """The user went on (or interrupted): stop, closing the LLM stream."""
+        self.cancelled = True
         for task in (self.task, self._player):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,7 +196,10 @@ class ReplyJob:
         r = self.result
         t0 = time.perf_counter()
         r.user = await loop.run_in_executor(
-            self.models.stt_thread, self.models.transcriber.transcribe, self.speech.audio
+            self.models.stt_thread,
+            functools.partial(
+                self.models.transcriber.transcribe, self.speech.audio, stop=lambda: self.cancelled
+            ),
         )
         r.stt_ms = (time.perf_counter() - t0) * 1000
         self.transcribed.set()
