@@ -224,7 +224,7 @@ class Assistant:
     def _prefill(self, user_text: str) -> None:
         """Let the LLM server read the system prompt and the history into its prompt cache while
         the user is still talking, so the reply's request only has the new words to read
-        (llama.cpp: ~7 ms a token on 2 cores). Not the partial transcripts: reading those near
+        (llama.cpp: ~4 ms a token on 2 cores). Not the partial transcripts: reading those near
         the end of a long utterance slowed its transcription more than it saved."""
         if self._warming is not None and not self._warming.done():
             return  # one at a time
