@@ -37,11 +37,10 @@ def _package(name: str) -> Check:
 
 def _llm_weights() -> str:
     """The packaged SmolLM2 file, and the Q8_0 copy the embedded server runs."""
-    from voxloop.llm.server import SMOLLM2_FAST, smollm2_gguf
-    from voxloop.settings import data_dir
+    from voxloop.llm.server import repacked_gguf, smollm2_gguf
 
     packaged = smollm2_gguf()
-    fast = data_dir() / "models" / SMOLLM2_FAST
+    fast = repacked_gguf()
     served = f"served as Q8_0 from {fast}" if fast.is_file() else "re-packed as Q8_0 at first start"
     return f"{packaged} ({_size(packaged)}); {served}"
 

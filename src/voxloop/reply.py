@@ -218,20 +218,22 @@ class ReplyJob:
         started = time.perf_counter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(sentences))
+        drop_oldest = 0
         try:
             try:
-                await self._generate(started, sentences, drop_oldest=0)
+                await self._generate(started, sentences, drop_oldest)
             except LLMContextOverflowError:
                 if r.llm_first_token_ms is not None:
                     raise
                 # The estimate was off: keep only the newest exchange and try once more.
                 log.warning("context overflow; retrying with the oldest history dropped")
-                await self._generate(started, sentences, len(self.conversation.exchanges) - 1)
+                drop_oldest = len(self.conversation.exchanges) - 1
+                await self._generate(started, sentences, drop_oldest)
             if not r.sentences:
                 # A tiny model now and then ends its reply before anything speakable (only
-                # symbols, or a loop cut short): ask once more rather than stay silent.
+                # symbols, or a loop cut short): ask once more, with the same history.
                 log.info("the reply had nothing to say; asking again")
-                await self._generate(started, sentences, drop_oldest=0)
+                await self._generate(started, sentences, drop_oldest)
         except LLMError as exc:
             r.error = str(exc)
         finally:

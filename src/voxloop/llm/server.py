@@ -57,12 +57,17 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def repacked_gguf() -> Path:
+    """Where the Q8_0 copy of SmolLM2 lives (made by :func:`embedded_gguf`)."""
+    return data_dir() / "models" / SMOLLM2_FAST
+
+
 def embedded_gguf() -> Path:
     """The embedded model as the server runs it: SmolLM2 re-packed as Q8_0 once, in voxloop's
     data folder (under a second, with llama.cpp's own ``llama-quantize``); the packaged Q4_1
     file where that tool is missing or fails."""
     source = smollm2_gguf()
-    target = data_dir() / "models" / SMOLLM2_FAST
+    target = repacked_gguf()
     if target.is_file():
         return target
     quantize = llama_server_binary().parent / "llama-quantize"
