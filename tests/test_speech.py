@@ -78,7 +78,8 @@ def test_input_formats_transcribe_alike(kind, speech, tmp_path, voxloop):
 
 
 def test_short_window_stt_matches_the_30s_window(synthesizer, transcriber):
-    """The 10 s encoder window must not cost accuracy: compare with Whisper's own 30 s path."""
+    """The short encoder windows (6 s, 10 s) must not cost accuracy: compare with Whisper's own
+    30 s path."""
     from voxloop.audio.speech import spoken_turns
     from voxloop.settings import SttSettings
     from voxloop.stt.whisper import WhisperTranscriber

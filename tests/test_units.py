@@ -375,3 +375,29 @@ def test_embedded_model_is_repacked_as_q8_once_or_falls_back_to_the_packaged_fil
     monkeypatch.setattr(server, "llama_server_binary", lambda: tmp_path / "bin" / "llama-server")
     assert server.embedded_gguf() == server.smollm2_gguf()
     assert not list((tmp_path / "other" / "models").iterdir())  # no half-written file left
+
+
+def test_a_decoder_that_starts_the_utterance_over_is_cut_at_the_restart():
+    from voxloop.stt.whisper import cut_restart
+
+    what, time, is_, it, q = 100, 101, 102, 103, 104
+    assert cut_restart([what, time, is_, it, q, what, time, is_, it]) == [what, time, is_, it, q]
+    assert cut_restart([what, time, is_, it, q, what, time]) == [what, time, is_, it, q]
+    assert cut_restart([what, q, what, q, what, q]) == [what, q]
+    # Not a restart: one token again, or the same words later in a different order.
+    assert cut_restart([what, time, q, what]) == [what, time, q, what]
+    assert cut_restart([what, time, is_, time, what, it]) == [what, time, is_, time, what, it]
+    assert cut_restart([]) == []
+
+
+def test_short_utterances_get_the_short_encoder_window():
+    from voxloop.settings import SttSettings
+    from voxloop.stt.whisper import encoder_window
+
+    default = SttSettings()
+    assert encoder_window(0.6, default) == 6.0
+    assert encoder_window(5.5, default) == 6.0
+    assert encoder_window(5.6, default) == 10.0
+    assert encoder_window(9.6, default) is None  # Whisper's own 30 s path
+    assert encoder_window(2.0, SttSettings(short_window_s=0)) == 10.0
+    assert encoder_window(2.0, SttSettings(short_window_s=0, window_s=30)) is None
