@@ -36,6 +36,8 @@ def test_realtime_event_sequence(speech, voxloop, llm_server):
     assert "partial" in kinds  # interim transcripts while the user was still talking
     assert kinds.index("partial") < kinds.index("speech_ended")
     events = run.events()
+    partials = [e["text"] for e in events if e["type"] == "partial"]
+    assert any(p.lower().startswith("could you") for p in partials), partials
     ended = next(e for e in events if e["type"] == "speech_ended")
     done = next(e for e in events if e["type"] == "turn_done")
     assert wer(question, done["user"]) <= 0.25

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -130,3 +132,32 @@ def test_an_interim_transcript_made_useless_is_dropped_after_the_encoder(transcr
     assert transcriber.transcribe(audio, stop=stop) == ""
     assert asked
     assert "sister" in transcriber.transcribe(audio, stop=lambda: False).lower()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_interim_transcripts_run_on_their_own_model_at_the_lowest_priority(speech):
+    """The interim model's threads (CTranslate2's included) run at nice 19, so the transcript
+    that ends a turn never waits behind one, and it still transcribes."""
+    import os
+
+    from voxloop.settings import SttSettings
+    from voxloop.stt.interim import InterimTranscriber
+
+    def nice_values() -> list[int]:
+        values = []
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                values.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+        return values
+
+    before = nice_values().count(19)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (Linux)
+    interim = InterimTranscriber(SttSettings())
+    try:
+        assert nice_values().count(19) > before  # its thread and the model's worker threads
+        assert os.getpriority(os.PRIO_PROCESS, 0) == ours  # the rest of voxloop is untouched
+        audio = load_audio(str(speech(["Please remind me to call my sister on Friday."])))
+        text = interim.executor.submit(interim.transcribe, audio).result()
+        assert wer("Please remind me to call my sister on Friday.", text) <= 0.15, text
+    finally:
+        interim.close()

@@ -23,6 +23,7 @@ from voxloop.pipeline import Assistant
 from voxloop.printer import Printer
 from voxloop.reply import sounds_finished
 from voxloop.settings import Settings
+from voxloop.stt.interim import make_interim
 from voxloop.stt.whisper import WhisperTranscriber
 from voxloop.tts.hibari_tts import HibariSynthesizer
 from voxloop.vad import make_endpointer
@@ -72,12 +73,15 @@ async def chat(
         model = make_chat(urls, settings, printer)
         try:
             await model.connect()
-            transcriber, synthesizer = await asyncio.gather(
+            transcriber, synthesizer, interim = await asyncio.gather(
                 asyncio.to_thread(WhisperTranscriber, settings.stt),
                 asyncio.to_thread(HibariSynthesizer, settings.tts),
+                asyncio.to_thread(make_interim, settings.stt),
             )
             await asyncio.gather(
-                asyncio.to_thread(transcriber.warm_up), asyncio.to_thread(synthesizer.warm_up)
+                asyncio.to_thread(transcriber.warm_up),
+                asyncio.to_thread(synthesizer.warm_up),
+                *([asyncio.to_thread(interim.warm_up)] if interim else []),
             )
             sink = open_sink(settings, synthesizer.sample_rate, printer)
             # On a live microphone with speakers, cancel voxloop's own voice so the user can
@@ -85,13 +89,17 @@ async def chat(
             aec = None
             if source.live and not isinstance(sink, NullSink):
                 aec = make_echo_canceller(settings.tts.echo_cancel)
-            assistant = Assistant(settings, transcriber, model, synthesizer, sink, printer, aec=aec)
+            assistant = Assistant(
+                settings, transcriber, model, synthesizer, sink, printer, aec=aec, interim=interim
+            )
             if not input_path:
                 printer.info("Listening… speak now (Ctrl+C to stop).")
             try:
                 return await assistant.run(source)
             finally:
                 sink.close()
+                if interim is not None:
+                    interim.close()
         finally:
             await model.aclose()
 

@@ -31,6 +31,7 @@ from voxloop.printer import Printer
 from voxloop.reply import Models, ReplyJob, sounds_finished
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
+from voxloop.stt.interim import InterimTranscriber
 from voxloop.tts import Synthesizer
 from voxloop.vad import Endpointer, make_endpointer
 
@@ -52,6 +53,7 @@ class Assistant:
         printer: Printer,
         aec: EchoCanceller | None = None,
         pools: tuple[Executor, Executor] | None = None,
+        interim: InterimTranscriber | None = None,
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
@@ -61,6 +63,7 @@ class Assistant:
         self.printer = printer
         self.aec = aec
         self.pools = pools  # (STT, TTS) executors shared with other conversations
+        self.interim = interim  # interim transcripts on their own model, else on the STT thread
         self.conversation = Conversation(settings.system_prompt)
         out = settings.output.output_dir
         self.output_dir = Path(out) if out else None
@@ -202,7 +205,7 @@ class Assistant:
             await job.cancel()
 
     def _maybe_partial(self, endpointer: Endpointer, now_s: float) -> None:
-        """An interim transcript every second while the user talks, when the STT is idle."""
+        """An interim transcript every second while the user talks, one at a time."""
         if self._partial is not None and not self._partial.done():
             return
         if self._spec is not None or now_s - self._last_partial_s < PARTIAL_EVERY_S:
@@ -216,8 +219,10 @@ class Assistant:
 
     async def _emit_partial(self, audio: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        work = functools.partial(self.transcriber.transcribe, audio, stop=self._paused.is_set)
-        text = await loop.run_in_executor(self.models.stt_thread, work)
+        transcriber: Transcriber = self.interim or self.transcriber
+        executor = self.interim.executor if self.interim else self.models.stt_thread
+        work = functools.partial(transcriber.transcribe, audio, stop=self._paused.is_set)
+        text = await loop.run_in_executor(executor, work)
         if text:
             self.printer.emit(Transcript(text=text, stt_ms=0.0, partial=True))
 

@@ -69,6 +69,7 @@ class SttSettings:
     beam_size: int = 1
     window_s: float = 10.0  # encoder window for utterances up to 9.5 s (Whisper's own is 30 s)
     short_window_s: float = 6.0  # ...and for those up to 5.5 s (0: off)
+    interim_model: bool = True  # interim transcripts on a second model copy at the lowest priority
     language: str = "en"
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0

@@ -18,6 +18,7 @@ from voxloop.llm.openai_http import OpenAIChat
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
 from voxloop.settings import Settings
+from voxloop.stt.interim import make_interim
 from voxloop.stt.whisper import WhisperTranscriber
 from voxloop.tts.hibari_tts import HibariSynthesizer
 
@@ -95,8 +96,11 @@ class Bench:
         self.url = url
         self.transcriber = WhisperTranscriber(settings.stt)
         self.synthesizer = HibariSynthesizer(settings.tts)
+        self.interim = make_interim(settings.stt)
         self.transcriber.warm_up()
         self.synthesizer.warm_up()
+        if self.interim is not None:
+            self.interim.warm_up()
 
     async def voxloop(self, name: str, samples: Any, truth: list[dict[str, Any]]) -> list[BenchTurn]:
         out = [BenchTurn("voxloop", name, t["text"]) for t in truth]
@@ -104,7 +108,13 @@ class Bench:
         await chat.connect()
         try:
             assistant = Assistant(
-                self.settings, self.transcriber, chat, self.synthesizer, NullSink(), CollectingPrinter()
+                self.settings,
+                self.transcriber,
+                chat,
+                self.synthesizer,
+                NullSink(),
+                CollectingPrinter(),
+                interim=self.interim,
             )
             for done in await assistant.run(RealtimeSource(samples)):
                 i = _match(truth, done.speech_end_s)
@@ -223,7 +233,11 @@ def run_bench(
 ) -> tuple[list[BenchTurn], dict[str, Any]]:
     bench = Bench(settings, url)
     bench.pipelines = ("voxloop", "reference") if reference else ("voxloop",)
-    turns = asyncio.run(bench.run(folder, limit, progress))
+    try:
+        turns = asyncio.run(bench.run(folder, limit, progress))
+    finally:
+        if bench.interim is not None:
+            bench.interim.close()
     return turns, summarize(turns)
 
 
