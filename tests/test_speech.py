@@ -161,3 +161,15 @@ def test_interim_transcripts_run_on_their_own_model_at_the_lowest_priority(speec
         assert wer("Please remind me to call my sister on Friday.", text) <= 0.15, text
     finally:
         interim.close()
+
+
+def test_short_answers_come_back_as_finished_sentences(synthesizer, transcriber):
+    """On the short encoder window a short answer keeps its final punctuation and is heard
+    once, so the endpointer ends the turn after the short pause ("Thanks Thanks" would keep
+    it waiting for more)."""
+    from voxloop.audio.speech import spoken_turns
+    from voxloop.reply import sounds_finished
+
+    for text in ("Good morning.", "Play some music.", "Thanks.", "Yes.", "Okay.", "Really?"):
+        heard = transcriber.transcribe(spoken_turns(synthesizer, [text], lead_s=0.2))
+        assert wer(text, heard) == 0 and sounds_finished(heard), (text, heard)

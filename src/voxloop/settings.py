@@ -101,6 +101,7 @@ class TtsSettings:
     voice: str = "heart"
     speed: float = 1.0
     threads: int = 1
+    seed: int = -1  # fixes hibari's noise component so the same text gives the same audio (-1: fresh)
     speak: bool = True  # play through the speakers; the audio is synthesized either way
     echo_cancel: str = "auto"  # auto | webrtc | livekit | none (none: half-duplex on a microphone)
 

@@ -204,19 +204,27 @@ class WhisperTranscriber:
     ) -> Segment | None:
         """Encode a window of ``window_s`` instead of 30 s: 2-3x faster on a short utterance.
 
-        The features are padded to the window as faster-whisper pads them to 30 s (padding the
-        audio with silence instead looped less on the bench set but lost the first words of
-        echo-cancelled double talk). The decoder's length is capped to what the audio could
-        hold. A short window can make the decoder start the utterance over ("What time is it?
-        What time is it?"): the loop is cut off at the first restart. None when ``stop`` says
-        so after the encoder.
+        Padding differs by window, as measured: for the short window the audio is padded with
+        silence before its log-mel features are made, as in Whisper's training; padding the
+        features with zeros instead (faster-whisper's way for 30 s) reads as more sound to
+        come, and on short answers the decoder then drops the final period ("Good morning"),
+        which keeps the endpointer waiting for more, or loops. For the long window the features
+        are zero-padded: there, silence-padded audio lost the first words of echo-cancelled
+        double talk. The decoder's length is capped to what the audio could hold. A short window
+        can make the decoder start the utterance over ("What time is it? What time is it?"):
+        the loop is cut off at the first restart. None when ``stop`` says so after the encoder.
         """
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage
 
         m = self.model
         frames = int(window_s * 100)
-        features = np.ascontiguousarray(pad_or_trim(m.feature_extractor(audio)[..., :-1], frames))
+        if window_s <= self.settings.short_window_s:
+            padded = np.pad(audio, (0, max(0, int(window_s * 16000) - len(audio))))
+            features = m.feature_extractor(padded)[..., :frames]
+        else:
+            features = pad_or_trim(m.feature_extractor(audio)[..., :-1], frames)
+        features = np.ascontiguousarray(features)
         encoded = m.model.encode(get_ctranslate2_storage(features[None]))
         if stop is not None and stop():
             return None  # the decoder is the longer half on a long utterance: skip it

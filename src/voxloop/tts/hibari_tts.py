@@ -42,4 +42,5 @@ class HibariSynthesizer:
         self.synthesize("Ready.")
 
     def synthesize(self, text: str) -> np.ndarray:
-        return np.asarray(self.tts(text, speed=self.settings.speed), dtype=np.float32)
+        seed = self.settings.seed if self.settings.seed >= 0 else None
+        return np.asarray(self.tts(text, speed=self.settings.speed, seed=seed), dtype=np.float32)
