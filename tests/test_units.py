@@ -83,9 +83,13 @@ def test_splitter_emits_sentences_as_they_complete():
     assert sp.flush() == ["And then"]
 
 
-def test_splitter_does_not_cut_a_first_clause_of_one_word():
+def test_splitter_cuts_a_one_word_first_clause_only_after_an_opener():
     sp = SentenceSplitter()
-    assert sp.feed("Well, I think so. ") == ["Well, I think so."]
+    assert sp.feed("Paris, I think so. ") == ["Paris, I think so."]
+    sp = SentenceSplitter()
+    assert sp.feed("Sure, I can set that timer for you. ") == ["Sure,", "I can set that timer for you."]
+    sp = SentenceSplitter()
+    assert sp.feed("Oh, well, that is a good one. ") == ["Oh,", "well, that is a good one."]
 
 
 def test_speakable_strips_markdown():

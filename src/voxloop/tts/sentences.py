@@ -3,9 +3,9 @@
 The LLM streams tokens; the speaker should start on the first sentence while the rest is still
 being generated. A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by whitespace (so
 "3.5" and "e.g." mid-word do not cut), or at a line break. The first piece of a reply may also
-end at a clause (``,`` ``;`` ``:`` ``—``) once it has a few words: the listener hears the
-reply start sooner, and later pieces are whole sentences for the best prosody. Markdown that a
-small model emits anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed
+end at a clause (``,`` ``;`` ``:`` ``—``) once it has two words, or after a one-word opener
+("Sure,", "Oh,"): the listener hears the reply start sooner, and later pieces are whole
+sentences for the best prosody. Markdown that a small model emits anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed
 before speaking.
 """
 
@@ -16,6 +16,11 @@ import re
 _END = re.compile(r"([.!?…]+[\"'”’)\]]*)(\s+)|\n+")
 _CLAUSE_OR_END = re.compile(r"([.!?…]+[\"'”’)\]]*|[,;:—])(\s+)|\n+")
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "prof", "sr", "jr"}
+# One-word openers a speaker pauses after ("Sure, ..."): the first piece may be just one of them.
+_OPENERS = frozenset(
+    {"sure", "okay", "ok", "well", "yes", "yeah", "no", "oh", "ah", "aw", "wow", "great", "right"}
+    | {"absolutely", "certainly", "alright", "hello", "hi", "hey", "thanks", "indeed"}
+)
 _MARKDOWN = re.compile(r"[*_`#>|~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
 
 
@@ -39,7 +44,8 @@ class SentenceSplitter:
             return False
         if self._first:
             if mark.strip()[:1] in {",", ";", ":", "—"}:
-                return len(words) >= self.first_clause_words
+                opener = len(words) == 1 and words[0].lower() in _OPENERS
+                return opener or len(words) >= self.first_clause_words
             return True  # "Sure!" may be spoken on its own
         return len(candidate.strip()) >= self.min_chars
 
