@@ -219,8 +219,10 @@ class Assistant:
 
     async def _emit_partial(self, audio: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        transcriber: Transcriber = self.interim or self.transcriber
-        executor = self.interim.executor if self.interim else self.models.stt_thread
+        transcriber: Transcriber = self.transcriber
+        executor = self.models.stt_thread
+        if self.interim is not None:  # its own model copy, on the thread that copy belongs to
+            transcriber, executor = self.interim, self.interim.executor
         work = functools.partial(transcriber.transcribe, audio, stop=self._paused.is_set)
         text = await loop.run_in_executor(executor, work)
         if text:

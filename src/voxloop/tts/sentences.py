@@ -5,8 +5,8 @@ being generated. A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by w
 "3.5" and "e.g." mid-word do not cut), or at a line break. The first piece of a reply may also
 end at a clause (``,`` ``;`` ``:`` ``—``) once it has two words, or after a one-word opener
 ("Sure,", "Oh,"): the listener hears the reply start sooner, and later pieces are whole
-sentences for the best prosody. Markdown that a small model emits anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed
-before speaking.
+sentences for the best prosody. Markdown that a small model emits anyway (``**bold**``,
+``# heading``, list bullets, backticks) is removed before speaking.
 """
 
 from __future__ import annotations
