@@ -2,10 +2,11 @@
 like speech to the VAD, and how soon the user's voice shows through when the user talks over
 voxloop (double-talk onset, which bounds how fast barge-in can be).
 
-Why this exists: barge-in stops playback when the endpointer hears the user in the echo
-canceller's output. With headphones that takes ~160 ms from the first sound of the user's
-voice; through WebRTC AEC3 it takes longer, because AEC3's suppressor holds the user's first
-~100-150 ms down while it decides whether the new sound is echo. This script measures that
+Why this exists: barge-in pauses playback on the first VAD step that hears the user in the
+echo canceller's output (and cuts it on the next). With headphones that takes 130-150 ms from
+the first sound of the user's voice; through WebRTC AEC3 it takes longer, because AEC3's
+suppressor holds the user's first ~100-150 ms down while it decides whether the new sound is
+echo. This script measures that
 for every canceller installed, next to the user's voice alone (the floor any canceller can
 reach), so a new canceller or setting can be judged before it goes into the pipeline.
 
@@ -83,7 +84,7 @@ def backends() -> dict[str, Callable[[], EchoCanceller | None]]:
     found: dict[str, Callable[[], EchoCanceller | None]] = {"none (user alone)": lambda: None}
     if importlib.util.find_spec("pywebrtc_audio"):
         found["webrtc"] = lambda: make_echo_canceller("webrtc")
-    if importlib.util.find_spec("livekit"):
+    if importlib.util.find_spec("livekit") and importlib.util.find_spec("livekit.rtc"):
         found["livekit"] = lambda: make_echo_canceller("livekit")
     if importlib.util.find_spec("speexaec"):
         found["speex"] = SpeexAec

@@ -252,6 +252,8 @@ class FakeSynth:
 class ScriptedEndpointer:
     """One SpeechEnded per fed block, as if each block were a whole utterance."""
 
+    hearing = False
+
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         return [SpeechEnded(audio=block, start_s=0.0, end_s=0.5, endpoint_at_s=1.0)]
 

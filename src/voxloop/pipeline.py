@@ -81,6 +81,7 @@ class Assistant:
         self._last_partial_s = 0.0
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
         self._input_done = False
+        self._held = False  # playback paused on a voiced step that is not yet a barge-in
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, source: AudioSource, endpointer: Endpointer | None = None) -> list[TurnDone]:
@@ -111,6 +112,8 @@ class Assistant:
                     events = await loop.run_in_executor(vad_thread, self._listen, endpointer, block, far)
                     for event in events:
                         await self._on_event(event, source, endpointer)
+                    if not source.live or self.aec is not None:  # full duplex
+                        self._hold_playback(endpointer.hearing)
                     if self._t0 is not None:
                         self._maybe_partial(endpointer, fed / source.sample_rate)
                 self._input_done = True
@@ -125,6 +128,7 @@ class Assistant:
                 for task in (self._last_turn, self._partial, self._warming):
                     if task is not None and not task.done():
                         task.cancel()
+                self._hold_playback(False)
         await self.sink.drain()
         return self.done
 
@@ -134,9 +138,22 @@ class Assistant:
         if speaking is None or (speaking.task.done() and not self.sink.busy()):
             return False
         self._speaking = None
+        self._held = False  # the flush ends the pause
         spoken = await speaking.interrupt()
         self.printer.emit(Interrupted(at_s=at_s, spoken=" ".join(spoken)))
         return True
+
+    def _hold_playback(self, hearing: bool) -> None:
+        """Pause the reply on the first voiced step heard over it, without waiting for the
+        ``announce_ms`` that make it a barge-in: playback stops one VAD step (32 ms) sooner, and
+        with the speaker quiet the echo canceller lets the user's voice through at once. If the
+        next step is not voiced (a click, a leak of echo), the reply goes on from where it was."""
+        if hearing and not self._held and self._speaking is not None and self.sink.busy():
+            self.sink.pause()
+            self._held = True
+        elif self._held and not hearing:
+            self.sink.resume()
+            self._held = False
 
     def _listen(
         self, endpointer: Endpointer, block: np.ndarray, far: np.ndarray | None

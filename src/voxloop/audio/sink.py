@@ -41,7 +41,13 @@ class AudioSink(Protocol):
         """Wait until everything queued has been played."""
 
     def flush(self) -> None:
-        """Drop everything not yet played (barge-in)."""
+        """Drop everything not yet played (barge-in), and play on from there (no longer paused)."""
+
+    def pause(self) -> None:
+        """Hold playback where it is, keeping what is queued (the user may be starting to talk)."""
+
+    def resume(self) -> None:
+        """Go on from where :meth:`pause` held it (it was not the user after all)."""
 
     def busy(self) -> bool:
         """Something is still being played."""
@@ -69,6 +75,12 @@ class NullSink:
     def flush(self) -> None:
         return None
 
+    def pause(self) -> None:
+        return None
+
+    def resume(self) -> None:
+        return None
+
     def busy(self) -> bool:
         return False
 
@@ -83,8 +95,9 @@ class SpeakerSink:
     """The default output device through PortAudio.
 
     The PortAudio callback pulls fixed blocks from a bounded queue and plays silence when it is
-    empty, so :meth:`flush` silences the speaker within one block (20 ms). What it plays is kept,
-    resampled to 16 kHz, as the echo canceller's reference.
+    empty or playback is paused, so :meth:`pause` and :meth:`flush` silence the speaker within
+    one block (20 ms). What it plays is kept, resampled to 16 kHz, as the echo canceller's
+    reference.
     """
 
     def __init__(
@@ -102,6 +115,7 @@ class SpeakerSink:
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max_blocks)
         self._idle = threading.Event()
         self._idle.set()
+        self._paused = threading.Event()
         self._far: collections.deque[np.ndarray] = collections.deque(maxlen=200)
         self._far_lock = threading.Lock()
         try:
@@ -120,6 +134,8 @@ class SpeakerSink:
 
     def _callback(self, outdata: np.ndarray, frames: int, time: Any, status: Any) -> None:
         try:
+            if self._paused.is_set():
+                raise queue.Empty
             block = self._queue.get_nowait()
         except queue.Empty:
             outdata.fill(0)
@@ -154,6 +170,13 @@ class SpeakerSink:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        self._paused.clear()
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
 
     def busy(self) -> bool:
         return not (self._queue.empty() and self._idle.is_set())
@@ -174,8 +197,8 @@ class SpeakerSink:
 class VirtualSpeaker:
     """A loudspeaker on the audio clock, for simulation: playback starts when queued and runs
     at real speed against the microphone's sample clock (which :class:`EchoSource` advances), so
-    what it "plays" can be mixed back into the microphone as echo, and a flush cuts it off at an
-    exact instant (``flushed_at_s``)."""
+    what it "plays" can be mixed back into the microphone as echo, and a pause or a flush cuts it
+    off at an exact instant (``paused_at_s``, ``flushed_at_s``)."""
 
     def __init__(self, sample_rate: int) -> None:
         self.rate = sample_rate
@@ -184,6 +207,9 @@ class VirtualSpeaker:
         self._end = 0
         self.queued_total = 0
         self.flushed_at_s: list[float] = []
+        self.paused_at_s: list[float] = []
+        self.resumed_at_s: list[float] = []
+        self._held: list[np.ndarray] | None = None  # while paused: what is still to play, in order
 
     @property
     def played_total(self) -> int:
@@ -194,6 +220,9 @@ class VirtualSpeaker:
     async def play(self, samples: np.ndarray) -> None:
         self.queued_total += len(samples)
         at16 = resample(samples, self.rate, STT_RATE)
+        if self._held is not None:
+            self._held.append(at16)
+            return
         start = max(self.now, self._end)
         self._segments.append((start, at16))
         self._end = start + len(at16)
@@ -201,13 +230,33 @@ class VirtualSpeaker:
     async def drain(self) -> None:
         return None  # the simulated clock runs on the input; nothing to wait for here
 
-    def flush(self) -> None:
-        self.flushed_at_s.append(self.now / STT_RATE)
+    def _cut(self) -> np.ndarray:
+        """Stop playing now; returns what had not been played yet."""
+        rest = self.render(self.now, self._end)
         self._segments = [(st, s[: max(0, self.now - st)]) for st, s in self._segments]
         self._end = min(self._end, self.now)
+        return rest
+
+    def flush(self) -> None:
+        self.flushed_at_s.append(self.now / STT_RATE)
+        self._cut()
+        self._held = None
+
+    def pause(self) -> None:
+        if self._held is None:
+            self.paused_at_s.append(self.now / STT_RATE)
+            self._held = [self._cut()]
+
+    def resume(self) -> None:
+        if self._held is not None:
+            self.resumed_at_s.append(self.now / STT_RATE)
+            rest, self._held = np.concatenate(self._held), None
+            if len(rest):
+                self._segments.append((self.now, rest))
+                self._end = self.now + len(rest)
 
     def busy(self) -> bool:
-        return self._end > self.now
+        return self._end > self.now or bool(self._held and any(len(h) for h in self._held))
 
     def render(self, start: int, end: int) -> np.ndarray:
         """What played between two instants of the 16 kHz clock."""

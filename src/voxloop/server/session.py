@@ -101,6 +101,12 @@ class SocketSink:
         self.queued_total = self.played_total
         self._ends_at = time.monotonic()
 
+    def pause(self) -> None:
+        """Not held here: the browser plays on its own clock and stops at ``interrupted``."""
+
+    def resume(self) -> None:
+        return None
+
     def busy(self) -> bool:
         return self._ends_at > time.monotonic()
 

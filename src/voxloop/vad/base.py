@@ -23,6 +23,10 @@ class Endpointer(Protocol):
     def current_audio(self) -> np.ndarray | None:
         """The utterance so far while it goes on (for interim transcripts), else None."""
 
+    @property
+    def hearing(self) -> bool:
+        """The last step fed sounded like speech, announced or not (playback pauses on it)."""
+
 
 class Framer:
     """Cuts a stream of arbitrary blocks into fixed frames, counting samples for the audio clock."""

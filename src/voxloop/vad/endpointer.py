@@ -103,6 +103,11 @@ class SileroEndpointer:
         if self._in_speech and s.adaptive:
             self._required = s.complete_silence_ms if complete else s.incomplete_silence_ms
 
+    @property
+    def hearing(self) -> bool:
+        """The last step was voiced: possibly the user, before ``announce_ms`` confirms it."""
+        return self._in_speech and self._silence == 0
+
     def current_audio(self) -> np.ndarray | None:
         """The utterance heard so far while the user is talking (None in a pause, when the
         speculative transcript is about to take the STT)."""

@@ -42,6 +42,11 @@ class ReferenceEndpointer:
         self._started = False
         self._first = 0
         self._last_speech_end = 0
+        self._hearing = False
+
+    @property
+    def hearing(self) -> bool:
+        return self._hearing
 
     def reset(self) -> None:
         self._start_new()
@@ -58,7 +63,8 @@ class ReferenceEndpointer:
         for i, frame in enumerate(self._framer.frames(block)):
             at = start + i * self.frame
             pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-            if self._vad.is_speech(pcm, self.rate):
+            self._hearing = self._vad.is_speech(pcm, self.rate)
+            if self._hearing:
                 if not self._started:
                     self._first = at
                     events.append(SpeechStarted(at_s=at / self.rate))
