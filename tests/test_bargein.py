@@ -233,3 +233,46 @@ async def test_a_click_during_the_reply_pauses_it_for_a_moment_and_it_goes_on(tr
     assert len(turns) == 1 and not turns[0].interrupted
     assert speaker.played_total == speaker.queued_total  # every sample of the reply was heard
     assert turns[0].assistant == " ".join(STORY.split(" ")[:24])
+
+
+class FakeOutputStream:
+    """Stands in for sounddevice's OutputStream: the test calls the PortAudio callback itself."""
+
+    def __init__(self, callback, blocksize, **_kwargs) -> None:
+        self.callback, self.blocksize = callback, blocksize
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def pull(self) -> np.ndarray:
+        out = np.full((self.blocksize, 1), 9.0, np.float32)
+        self.callback(out, self.blocksize, None, None)
+        return out[:, 0]
+
+
+def test_the_speaker_plays_silence_while_paused_and_goes_on_with_the_next_block(monkeypatch):
+    import types
+
+    from voxloop.audio import sink as sink_module
+
+    streams: list[FakeOutputStream] = []
+    fake = types.SimpleNamespace(
+        query_devices=lambda *a, **k: {},
+        OutputStream=lambda **kw: streams.append(FakeOutputStream(**kw)) or streams[-1],
+    )
+    monkeypatch.setattr(sink_module, "_import_sounddevice", lambda: fake)
+    speaker = sink_module.SpeakerSink(24000, block=4)
+    stream = streams[0]
+    asyncio.run(speaker.play(np.arange(1, 13, dtype=np.float32)))  # three blocks
+    assert stream.pull().tolist() == [1, 2, 3, 4]
+    speaker.pause()
+    assert not stream.pull().any() and speaker.busy() and speaker.played_total == 4
+    speaker.resume()
+    assert stream.pull().tolist() == [5, 6, 7, 8]
+    speaker.pause()
+    speaker.flush()  # a barge-in drops the rest and ends the pause
+    asyncio.run(speaker.play(np.full(4, 0.5, np.float32)))
+    assert stream.pull().tolist() == [0.5] * 4 and speaker.played_total == 12
