@@ -1,16 +1,20 @@
-"""Interim transcripts on a second Whisper instance at the lowest CPU priority.
+"""Interim transcripts on a second Whisper instance that only gets the CPU nobody else wants.
 
 Why: while the user talks, voxloop transcribes what it has heard so far once a second (the
 ``partial`` events). On one shared model, a partial still running when the user stops holds up
 the transcript that matters, for up to a whole encoder and decoder pass (~300 ms on a 7 s
-utterance on 2 cores). Here partials run on their own copy of the model (tiny.en: ~70 MB), with
-one thread at ``nice`` 19, so the turn's transcript never queues behind one and takes the CPU
-from it when both run; measured on 2 cores, a 7 s utterance's transcript then costs ~50 ms more
-next to a partial instead of waiting ~150-300 ms for it.
+utterance on 2 cores). Here partials run on their own copy of the model (tiny.en: ~70 MB), one
+thread, under Linux's ``SCHED_IDLE`` policy, so the turn's transcript never queues behind one
+and takes the CPU from it at once when both run. Measured on 2 cores, a 7 s utterance's
+transcript next to a looping partial: 343-368 ms (median), the same as alone (342-364 ms); at
+``nice`` 19 instead, 479-592 ms, because a nice thread keeps the core for a few milliseconds
+after the turn's transcript wakes up, and CTranslate2's two threads meet at a barrier after
+every step.
 
 CTranslate2 makes its worker threads when the model is loaded, and on Linux a new thread takes
-its creator's priority: so the model is loaded inside the low-priority thread. Elsewhere the
-priority stays as it is (``os.setpriority`` with a thread id is Linux-only).
+its creator's scheduling policy and priority: so the model is loaded inside the idle-policy
+thread. Where ``SCHED_IDLE`` is refused the thread falls back to ``nice`` 19; elsewhere than
+Linux the priority stays as it is (both calls take a thread id only there).
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ NICE = 19
 
 
 def _lower_priority(nice: int) -> None:
-    """Lower the calling thread's CPU priority (Linux: per thread; elsewhere left alone)."""
+    """Run the calling thread only on otherwise idle CPU (Linux: per thread; elsewhere left
+    alone), or at least at ``nice``."""
     if not sys.platform.startswith("linux"):
         return
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     except OSError as exc:  # e.g. a sandbox without the permission
         log.debug("cannot lower the interim transcripts' priority: %s", exc)
 
