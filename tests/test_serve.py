@@ -200,6 +200,55 @@ def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
+def test_the_page_holds_the_reply_on_pause_and_goes_on_where_it_was(server):
+    """The page's side of a pause: playback stops where it is, audio that comes meanwhile waits,
+    and a resume plays the rest from there; an interruption drops what was held."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian's chromium is installed by .ci/run (apt-get install chromium)")
+    script = """async () => {
+      const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+      ctx = new AudioContext(); outRate = 24000;
+      playPcm(new Int16Array(24000).fill(1000).buffer);  // 1 s of reply
+      await sleep(400);
+      onEvent({type: "pause"});
+      const onPause = {playing: playing.length, offsets: held.map((h) => h.offset)};
+      playPcm(new Int16Array(12000).fill(1000).buffer);  // 0.5 s more arrives while held
+      await sleep(300);
+      const stillHeld = held.length;
+      onEvent({type: "resume"});
+      const resumed = playing.length;
+      await sleep(1600);
+      const end = playing.length;
+      playPcm(new Int16Array(24000).fill(1000).buffer);
+      onEvent({type: "pause"});
+      onEvent({type: "interrupted", spoken: ""});
+      return {onPause, stillHeld, resumed, end, afterInterrupt: [held.length, playing.length, paused]};
+    }"""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"http://{server}/?token={TOKEN}")
+            state = page.evaluate(script)
+        finally:
+            browser.close()
+    assert state["onPause"]["playing"] == 0, state
+    assert len(state["onPause"]["offsets"]) == 1 and 0.2 < state["onPause"]["offsets"][0] < 0.6, state
+    assert state["stillHeld"] == 2 and state["resumed"] == 2, state  # the rest, then what came
+    assert state["end"] == 0, state  # 0.6 + 0.5 s played out within 1.6 s of the resume
+    assert state["afterInterrupt"] == [0, 0, False], state
+
+
 async def test_closing_the_page_closes_the_reply_stream(proxy, synthesizer, tmp_path):
     """The LLM server sees its client hang up as soon as the browser tab goes away."""
     proxy.slow_s = 0.1  # a reply that takes many seconds to stream
@@ -233,3 +282,35 @@ async def test_closing_the_page_closes_the_reply_stream(proxy, synthesizer, tmp_
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_socket_sink_counts_held_audio_as_not_heard_and_tells_the_page(monkeypatch):
+    from voxloop.server import session
+
+    clock = [100.0]
+    monkeypatch.setattr(session.time, "monotonic", lambda: clock[0])
+    sent: list[bytes] = []
+    messages: list[dict[str, Any]] = []
+
+    async def send_bytes(data: bytes) -> None:
+        sent.append(data)
+
+    sink = session.SocketSink(1000, send_bytes, messages.append)
+    asyncio.run(sink.play(np.zeros(1000, np.float32)))  # 1 s at 1 kHz
+    clock[0] += 0.4
+    assert sink.played_total == 400
+    sink.pause()
+    clock[0] += 5.0  # held: nothing more is heard, however long
+    asyncio.run(sink.play(np.zeros(500, np.float32)))  # sent while held: waits too
+    assert sink.played_total == 400 and sink.busy()
+    sink.resume()
+    clock[0] += 0.6
+    assert sink.played_total == 1000
+    clock[0] += 1.0
+    assert sink.played_total == 1500 and not sink.busy()
+    assert messages == [{"type": "pause"}, {"type": "resume"}] and len(sent) == 2
+    asyncio.run(sink.play(np.zeros(1000, np.float32)))
+    clock[0] += 0.25
+    sink.pause()
+    sink.flush()  # an interruption: the held rest is dropped, nothing is owed
+    assert sink.played_total == sink.queued_total == 1750 and not sink.busy()

@@ -74,24 +74,35 @@ class SocketSource:
 
 class SocketSink:
     """Reply audio to the browser as PCM16 frames. The browser plays it at real time, so what has
-    been heard is estimated from the clock; the browser stops playing on an ``interrupted``."""
+    been heard is estimated from the clock; the browser holds playback on a ``pause``, goes on
+    on a ``resume`` and stops playing on an ``interrupted`` (``notify`` sends those messages)."""
 
-    def __init__(self, sample_rate: int, send_bytes: SendBytes) -> None:
+    def __init__(
+        self, sample_rate: int, send_bytes: SendBytes, notify: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.rate = sample_rate
         self._send = send_bytes
+        self._notify = notify or (lambda message: None)
         self.queued_total = 0
         self._ends_at = 0.0  # when what was sent will have finished playing
+        self._held_s: float | None = None  # while paused: seconds of sent audio not yet heard
+
+    def _left_s(self) -> float:
+        if self._held_s is not None:
+            return self._held_s
+        return max(0.0, self._ends_at - time.monotonic())
 
     @property
     def played_total(self) -> int:
-        left = max(0.0, self._ends_at - time.monotonic())
-        return max(0, self.queued_total - int(left * self.rate))
+        return max(0, self.queued_total - round(self._left_s() * self.rate))
 
     async def play(self, samples: np.ndarray) -> None:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         await self._send(pcm)
-        now = time.monotonic()
-        self._ends_at = max(self._ends_at, now) + len(samples) / self.rate
+        if self._held_s is not None:
+            self._held_s += len(samples) / self.rate
+        else:
+            self._ends_at = max(self._ends_at, time.monotonic()) + len(samples) / self.rate
         self.queued_total += len(samples)
 
     async def drain(self) -> None:
@@ -100,15 +111,20 @@ class SocketSink:
     def flush(self) -> None:
         self.queued_total = self.played_total
         self._ends_at = time.monotonic()
+        self._held_s = None
 
     def pause(self) -> None:
-        """Not held here: the browser plays on its own clock and stops at ``interrupted``."""
+        if self._held_s is None:
+            self._held_s = self._left_s()
+            self._notify({"type": "pause"})
 
     def resume(self) -> None:
-        return None
+        if self._held_s is not None:
+            self._ends_at, self._held_s = time.monotonic() + self._held_s, None
+            self._notify({"type": "resume"})
 
     def busy(self) -> bool:
-        return self._ends_at > time.monotonic()
+        return self._left_s() > 0
 
     def far_end(self, n: int) -> np.ndarray:
         return np.zeros(n, np.float32)
@@ -167,7 +183,7 @@ class Session:
         self.app = app
         self.printer = SocketPrinter(send)
         self.source = SocketSource()
-        self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes)
+        self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes, self.printer.message)
         self.settings: Settings = app.settings
         self.assistant: Assistant | None = None
         self._assistant: asyncio.Task[Any] | None = None
