@@ -155,6 +155,23 @@ async def test_config_sets_the_system_prompt(server, synthesizer):
     assert next(e for e in events if e["type"] == "assistant_done")["text"]
 
 
+def _chromium(playwright: Any, *args: str) -> Any:
+    """Debian's Chromium, headless, offline, allowed to play sound without a click."""
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("Debian's chromium is installed by .ci/run (apt-get install chromium)")
+    return playwright.chromium.launch(
+        executable_path=chromium,
+        args=[
+            "--no-sandbox",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--autoplay-policy=no-user-gesture-required",
+            *args,
+        ],
+    )
+
+
 def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
     """Debian's Chromium, driven by Playwright, with a WAV as its microphone."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -165,21 +182,12 @@ def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
     save_wav(
         mic, np.concatenate([spoken_turns(synthesizer, [question]), np.zeros(16000 * 8, np.float32)]), 16000
     )
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("Debian's chromium is installed by .ci/run (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={mic}",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
+        browser = _chromium(
+            p,
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}",
         )
         try:
             page = browser.new_page()
@@ -204,9 +212,6 @@ def test_the_page_holds_the_reply_on_pause_and_goes_on_where_it_was(server):
     """The page's side of a pause: playback stops where it is, audio that comes meanwhile waits,
     and a resume plays the rest from there; an interruption drops what was held."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("Debian's chromium is installed by .ci/run (apt-get install chromium)")
     script = """async () => {
       const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
       ctx = new AudioContext(); outRate = 24000;
@@ -227,15 +232,7 @@ def test_the_page_holds_the_reply_on_pause_and_goes_on_where_it_was(server):
       return {onPause, stillHeld, resumed, end, afterInterrupt: [held.length, playing.length, paused]};
     }"""
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
+        browser = _chromium(p)
         try:
             page = browser.new_page()
             page.goto(f"http://{server}/?token={TOKEN}")
