@@ -6,9 +6,9 @@ Why this exists: barge-in pauses playback on the first VAD step that hears the u
 echo canceller's output (and cuts it on the next). With headphones that takes 130-150 ms from
 the first sound of the user's voice; through WebRTC AEC3 it takes longer, because AEC3's
 suppressor holds the user's first ~100-150 ms down while it decides whether the new sound is
-echo. This script measures that
-for every canceller installed, next to the user's voice alone (the floor any canceller can
-reach), so a new canceller or setting can be judged before it goes into the pipeline.
+echo. This script measures that for every canceller installed, next to the user's voice alone
+(the floor any canceller can reach), so a new canceller or setting can be judged before it
+goes into the pipeline.
 
 Backends: ``webrtc`` (pywebrtc-audio, voxloop's default), ``livekit`` and ``speex`` (the
 ``speexaec`` package, built against Debian's libspeexdsp-dev) when they are installed. The room

@@ -112,7 +112,7 @@ class Assistant:
                     events = await loop.run_in_executor(vad_thread, self._listen, endpointer, block, far)
                     for event in events:
                         await self._on_event(event, source, endpointer)
-                    if not source.live or self.aec is not None:  # full duplex
+                    if self._full_duplex(source):
                         self._hold_playback(endpointer.hearing)
                     if self._t0 is not None:
                         self._maybe_partial(endpointer, fed / source.sample_rate)
@@ -143,6 +143,11 @@ class Assistant:
         self.printer.emit(Interrupted(at_s=at_s, spoken=" ".join(spoken)))
         return True
 
+    def _full_duplex(self, source: AudioSource) -> bool:
+        """Whether voxloop listens while it speaks: always on a file or a socket, on a live
+        microphone only with an echo canceller (else it would hear itself)."""
+        return not source.live or self.aec is not None
+
     def _hold_playback(self, hearing: bool) -> None:
         """Pause the reply on the first voiced step heard over it, without waiting for the
         ``announce_ms`` that make it a barge-in: playback stops one VAD step (32 ms) sooner, and
@@ -172,7 +177,7 @@ class Assistant:
                 await self._cancel_spec()  # the user went on: that pause was not the end
                 return
             self.printer.emit(event)
-            if not source.live or self.aec is not None:  # full duplex: the user may barge in
+            if self._full_duplex(source):  # the user may barge in
                 await self.interrupt(event.at_s)
             if self._t0 is not None and (self._speaking is None or self._speaking.task.done()):
                 self._prefill("")  # the history with the last reply, while the user talks
@@ -194,7 +199,7 @@ class Assistant:
         job.commit()
         self._speaking = job
         self._last_turn = asyncio.create_task(self._complete(job, event))
-        if source.live and self.aec is None:
+        if not self._full_duplex(source):
             # Half-duplex: without an echo canceller, what the microphone hears while voxloop
             # speaks is voxloop itself, not a turn.
             await self._last_turn
