@@ -407,3 +407,20 @@ def test_short_utterances_get_the_short_encoder_window():
     assert encoder_window(9.6, default) is None  # Whisper's own 30 s path
     assert encoder_window(2.0, SttSettings(short_window_s=0)) == 10.0
     assert encoder_window(2.0, SttSettings(short_window_s=0, window_s=30)) is None
+
+
+@pytest.mark.parametrize("numpy_first", [False, True])
+def test_numpy_runs_one_blas_thread_in_voxloop_unless_the_user_says_otherwise(numpy_first):
+    """numpy's OpenBLAS threads spin after every product and take the cores from the stages."""
+    import os
+    import subprocess
+    import sys
+
+    imports = "import numpy, voxloop" if numpy_first else "import voxloop, numpy"
+    code = f"{imports}; from threadpoolctl import threadpool_info; print([p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[1]"
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[2]"
