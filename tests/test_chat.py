@@ -41,8 +41,11 @@ def test_one_turn_transcript_reply_and_reply_audio(speech, voxloop, llm_server, 
         "speech_end_to_first_audio_ms",
     }
     # The reply audio says the reply: hibari -> tiny.en round trip.
-    heard = transcriber.transcribe(load_audio(turn["reply_audio"]))
+    reply_audio = load_audio(turn["reply_audio"])
+    heard = transcriber.transcribe(reply_audio)
     assert cer(turn["assistant"], heard) <= 0.25, (turn["assistant"], heard)
+    # The voice starts at once: no dead air before it (hibari pads ~0.25 s).
+    assert np.flatnonzero(np.abs(reply_audio) > 0.01)[0] / 16000 < 0.05
     saved = [json.loads(line) for line in (out / "conversation.jsonl").read_text().splitlines()]
     assert saved[0]["user"] == turn["user"] and saved[0]["assistant"] == turn["assistant"]
 

@@ -92,6 +92,54 @@ def test_splitter_cuts_a_one_word_first_clause_only_after_an_opener():
     assert sp.feed("Oh, well, that is a good one. ") == ["Oh,", "well, that is a good one."]
 
 
+def _streamed(text: str, step: int = 3) -> list[str]:
+    sp = SentenceSplitter()
+    out = []
+    for i in range(0, len(text), step):
+        out += sp.feed(text[i : i + step])
+    return out + sp.flush()
+
+
+def test_splitter_cuts_a_first_sentence_without_a_comma_where_a_phrase_starts():
+    assert _streamed("I'm here to assist you with any question or problem. I can do more.") == [
+        "I'm here to assist you",
+        "with any question or problem.",
+        "I can do more.",
+    ]
+    # Not before four words, and not on a word that may still grow ("to" may become "today").
+    assert _streamed("It is in the box.") == ["It is in the box."]
+    sp = SentenceSplitter()
+    assert sp.feed("I will call you to") == []
+    assert sp.feed("day at noon. ") == ["I will call you today at noon."]
+    assert _streamed("Tomorrow is going to be a rainy day in the city of London.") == [
+        "Tomorrow is going to be a rainy day",
+        "in the city of London.",
+    ]
+    # Ten words and still no phrase start: cut there.
+    assert _streamed("One two three four five six seven eight nine ten eleven twelve.") == [
+        "One two three four five six seven eight nine ten",
+        "eleven twelve.",
+    ]
+    # A comma or a sentence end first: those rules, as before.
+    assert _streamed("The capital of Australia is Canberra, not Sydney.") == [
+        "The capital of Australia is Canberra,",
+        "not Sydney.",
+    ]
+    assert SentenceSplitter(first_phrase_words=0).feed("I'm here to assist you with any question ") == []
+
+
+def test_pieces_of_a_reply_pause_as_a_speaker_would():
+    from voxloop.tts.pacing import paced, pause_after
+
+    assert pause_after("It is noon.") == pause_after('He said "yes!"') == 0.35
+    assert pause_after("Sure,") == 0.15
+    assert pause_after("I'm here to assist you") == 0.05
+    padded = np.concatenate([np.zeros(4800), 0.3 * np.ones(2400), np.zeros(4800)]).astype(np.float32)
+    out = paced(padded, 24000, "Sure,")
+    assert len(out) == 240 + 2400 + 240 + int(0.15 * 24000)
+    assert len(paced(np.zeros(4800, np.float32), 24000, "Hm.")) == 0
+
+
 def test_speakable_strips_markdown():
     assert speakable("**Paris** is the `capital`.\n- one\n# Title") == "Paris is the capital . one Title"
 
@@ -351,6 +399,8 @@ def test_loop_guard_spots_word_runs_not_normal_speech():
     guard = LoopGuard()
     assert guard.stuck("I'm sorry, sorry, sorry, sorry")
     assert not guard.stuck("It is very, very good to see you")
+    assert guard.stuck("YAYYYYYYYYYYYY")
+    assert not guard.stuck("Zzzz, that was a good nap. Aaah!")
     assert not guard.repeats("A spider has eight legs.")
     assert guard.repeats("a spider has eight legs!")
 

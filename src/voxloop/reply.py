@@ -27,6 +27,7 @@ from voxloop.llm import ChatModel
 from voxloop.settings import LlmSettings
 from voxloop.stt import Transcriber
 from voxloop.tts import Synthesizer
+from voxloop.tts.pacing import paced
 from voxloop.tts.sentences import LoopGuard, SentenceSplitter
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ class ReplyJob:
         while (sentence := await sentences.get()) is not None:
             t0 = time.perf_counter()
             samples = await loop.run_in_executor(self.models.tts_thread, synth.synthesize, sentence)
+            samples = paced(samples, synth.sample_rate, sentence)
             r.tts_ms += (time.perf_counter() - t0) * 1000
             if r.first_tts_ms is None:
                 r.first_tts_ms = (time.perf_counter() - t0) * 1000

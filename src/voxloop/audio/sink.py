@@ -206,6 +206,7 @@ class VirtualSpeaker:
         self._segments: list[tuple[int, np.ndarray]] = []  # (start on the 16 kHz clock, samples)
         self._end = 0
         self.queued_total = 0
+        self._queued16 = 0
         self.flushed_at_s: list[float] = []
         self.paused_at_s: list[float] = []
         self.resumed_at_s: list[float] = []
@@ -215,11 +216,14 @@ class VirtualSpeaker:
     def played_total(self) -> int:
         """Samples (at the sink's rate) whose time has come."""
         played16 = sum(max(0, min(len(s), self.now - start)) for start, s in self._segments)
+        if played16 == self._queued16:  # all of it: exact, whatever resampling each piece rounded
+            return self.queued_total
         return round(played16 * self.rate / STT_RATE)
 
     async def play(self, samples: np.ndarray) -> None:
         self.queued_total += len(samples)
         at16 = resample(samples, self.rate, STT_RATE)
+        self._queued16 += len(at16)
         if self._held is not None:
             self._held.append(at16)
             return

@@ -13,15 +13,7 @@ import numpy as np
 
 from voxloop.audio.decode import STT_RATE, resample
 from voxloop.tts import Synthesizer
-
-
-def trim_silence(samples: np.ndarray, rate: int, threshold: float = 0.01, keep_s: float = 0.05) -> np.ndarray:
-    """Cut leading and trailing near-silence, keeping ``keep_s`` of margin."""
-    loud = np.flatnonzero(np.abs(samples) > threshold)
-    if not len(loud):
-        return samples[:0]
-    margin = int(keep_s * rate)
-    return samples[max(0, loud[0] - margin) : loud[-1] + margin]
+from voxloop.tts.pacing import trim_silence
 
 
 def spoken_turns(

@@ -5,8 +5,11 @@ being generated. A sentence ends at ``.``, ``!``, ``?`` or ``…`` followed by w
 "3.5" and "e.g." mid-word do not cut), or at a line break. The first piece of a reply may also
 end at a clause (``,`` ``;`` ``:`` ``—``) once it has two words, or after a one-word opener
 ("Sure,", "Oh,"): the listener hears the reply start sooner, and later pieces are whole
-sentences for the best prosody. Markdown that a small model emits anyway (``**bold**``,
-``# heading``, list bullets, backticks) is removed before speaking.
+sentences for the best prosody. A first sentence that runs on without a comma is cut where a
+phrase starts ("I'm here to assist you | with any question"), once it has four words, or after
+ten: a small model's first clause alone took up to 400 ms on 2 cores. Markdown that a small
+model emits anyway (``**bold**``, ``# heading``, list bullets, backticks) is removed before
+speaking.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ _OPENERS = frozenset(
     {"sure", "okay", "ok", "well", "yes", "yeah", "no", "oh", "ah", "aw", "wow", "great", "right"}
     | {"absolutely", "certainly", "alright", "hello", "hi", "hey", "thanks", "indeed"}
 )
+# Words that start a phrase: the first piece may end before one ("...assist you | with ...").
+_PHRASE_STARTS = frozenset(
+    {"with", "to", "for", "and", "but", "or", "so", "because", "that", "which", "who", "when"}
+    | {"where", "while", "if", "in", "on", "at", "of", "from", "about", "by", "as", "like", "than"}
+    | {"into", "after", "before", "since", "until", "without", "through", "during"}
+)
 _MARKDOWN = re.compile(r"[*_`#>|~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
 
 
@@ -30,9 +39,17 @@ def speakable(text: str) -> str:
 
 
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12, first_clause_words: int = 2) -> None:
+    def __init__(
+        self,
+        min_chars: int = 12,
+        first_clause_words: int = 2,
+        first_phrase_words: int = 4,
+        first_max_words: int = 10,
+    ) -> None:
         self.min_chars = min_chars
         self.first_clause_words = first_clause_words
+        self.first_phrase_words = first_phrase_words  # 0: the first piece is never cut mid-clause
+        self.first_max_words = first_max_words
         self._buffer = ""
         self._first = bool(first_clause_words)
 
@@ -68,12 +85,31 @@ class SentenceSplitter:
             else:
                 break
         self._buffer = self._buffer[start:]
+        if self._first and self.first_phrase_words and (phrase := self._first_phrase()):
+            out.append(phrase)
+            self._first = False
+            out += self.feed("")  # the rest may already hold a whole sentence
         return out
+
+    def _first_phrase(self) -> str | None:
+        """The first piece cut before a phrase, when the first clause runs on (None: not yet)."""
+        words = list(re.finditer(r"\S+", self._buffer))
+        complete = len(words) if self._buffer[-1:].isspace() else len(words) - 1  # the last may grow
+        for i in range(self.first_phrase_words, len(words)):
+            phrase = i < complete and words[i].group().lower().strip("\"'“‘(),;:") in _PHRASE_STARTS
+            if phrase or i >= self.first_max_words:
+                cut = words[i].start()
+                text, self._buffer = speakable(self._buffer[:cut]), self._buffer[cut:]
+                return text or None
+        return None
 
     def flush(self) -> list[str]:
         """The rest of the reply once the stream has ended."""
         text, self._buffer = speakable(self._buffer), ""
         return [text] if text else []
+
+
+_LETTER_RUN = re.compile(r"([^\W\d_])\1{7}", re.IGNORECASE)
 
 
 def _words(text: str) -> list[str]:
@@ -100,7 +136,10 @@ class LoopGuard:
         return False
 
     def stuck(self, recent_text: str) -> bool:
-        """True when the same word or two-word phrase repeats ``max_run`` times in a row."""
+        """True when the same word or two-word phrase repeats ``max_run`` times in a row, or one
+        letter eight times ("YAYYYYYYYYYY…", which never reaches a sentence end)."""
+        if _LETTER_RUN.search(recent_text):
+            return True
         words = _words(recent_text)
         for size in (1, 2):
             tail = words[-size * self.max_run :]
