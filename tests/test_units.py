@@ -115,16 +115,17 @@ def test_splitter_cuts_a_first_sentence_without_a_comma_where_a_phrase_starts():
         "Tomorrow is going to be a rainy day",
         "in the city of London.",
     ]
+    assert _streamed("The original capital of Australia was Sydney.") == [
+        "The original capital of Australia",
+        "was Sydney.",
+    ]
     # Ten words and still no phrase start: cut there.
     assert _streamed("One two three four five six seven eight nine ten eleven twelve.") == [
         "One two three four five six seven eight nine ten",
         "eleven twelve.",
     ]
     # A comma or a sentence end first: those rules, as before.
-    assert _streamed("The capital of Australia is Canberra, not Sydney.") == [
-        "The capital of Australia is Canberra,",
-        "not Sydney.",
-    ]
+    assert _streamed("The answer is Canberra, not Sydney.") == ["The answer is Canberra,", "not Sydney."]
     assert SentenceSplitter(first_phrase_words=0).feed("I'm here to assist you with any question ") == []
 
 

@@ -50,7 +50,7 @@ class VadSettings:
     adaptive: bool = True  # shorter silence after a finished sentence, longer mid-phrase
     complete_silence_ms: int = 400
     incomplete_silence_ms: int = 900
-    spec_silence_ms: int = 64  # start transcribing and answering this early in a pause (0: off)
+    spec_silence_ms: int = 32  # start transcribing and answering this early in a pause (0: off)
     min_speech_ms: int = 250  # shorter voiced blips are not a turn
     announce_ms: int = 64  # voiced audio that announces speech (and stops voxloop talking)
     min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them

@@ -29,6 +29,7 @@ _PHRASE_STARTS = frozenset(
     {"with", "to", "for", "and", "but", "or", "so", "because", "that", "which", "who", "when"}
     | {"where", "while", "if", "in", "on", "at", "of", "from", "about", "by", "as", "like", "than"}
     | {"into", "after", "before", "since", "until", "without", "through", "during"}
+    | {"is", "was", "are", "were"}  # after a long subject: "The capital of Australia | is ..."
 )
 _MARKDOWN = re.compile(r"[*_`#>|~]+|^\s*(?:[-•]|\d+[.)])\s+", re.MULTILINE)
 
