@@ -475,3 +475,22 @@ def test_numpy_runs_one_blas_thread_in_voxloop_unless_the_user_says_otherwise(nu
     env["OPENBLAS_NUM_THREADS"] = "2"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[2]"
+
+
+def test_the_embedded_server_runs_one_thread_under_serve_unless_told(tmp_path, monkeypatch):
+    """Two llama.cpp threads starve when STT and TTS keep a core busy, as under `serve`."""
+    from voxloop.app import serving
+    from voxloop.llm import server
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(server, "llama_server_binary", lambda: tmp_path / "llama-server")
+
+    def threads(settings: Settings) -> str:
+        cmd = server.llamacpp_launch(settings.llm, 8765, str(gguf)).cmd
+        return cmd[cmd.index("--threads") + 1]
+
+    one = Settings()
+    assert threads(one) == "2" and threads(serving(one)) == "1"
+    chosen = load_settings(environ={"VOXLOOP_LLM_THREADS": "2"})
+    assert threads(serving(chosen)) == "2"

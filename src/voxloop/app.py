@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from voxloop.events import SpeechEnded, TurnDone
 from voxloop.llm import ChatModel
 from voxloop.llm.failover import FailoverChat
 from voxloop.llm.openai_http import OpenAIChat
-from voxloop.llm.server import embedded_server
+from voxloop.llm.server import SERVE_THREADS, embedded_server
 from voxloop.pipeline import Assistant
 from voxloop.printer import Printer
 from voxloop.reply import sounds_finished
@@ -39,6 +40,14 @@ def llm_urls(settings: Settings, printer: Printer) -> Iterator[list[str]]:
         return
     with embedded_server(settings.llm, printer.info) as url:
         yield [url]
+
+
+def serving(settings: Settings) -> Settings:
+    """The settings for many conversations at once: the embedded server on fewer threads
+    (:data:`voxloop.llm.server.SERVE_THREADS`), unless the user chose a number."""
+    if settings.llm.threads:
+        return settings
+    return dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, threads=SERVE_THREADS))
 
 
 def make_chat(urls: list[str], settings: Settings, printer: Printer) -> ChatModel:

@@ -325,24 +325,24 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_sessions(args: argparse.Namespace, settings: Settings, folder: Path) -> int:
-    from voxloop.app import llm_urls
+    from voxloop.app import llm_urls, serving
     from voxloop.bench.sessions import run_sessions, sessions_table
     from voxloop.printer import HumanPrinter
 
     levels = _levels(args.sessions, "--sessions")
-    with llm_urls(settings, HumanPrinter()) as urls:
+    with llm_urls(serving(settings), HumanPrinter()) as urls:
         rows = run_sessions(urls, folder, levels)
     print(json.dumps(rows) if settings.output.json else sessions_table(rows))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from voxloop.app import llm_urls
+    from voxloop.app import llm_urls, serving
     from voxloop.printer import HumanPrinter
     from voxloop.server import serve
 
     printer = HumanPrinter()
-    with llm_urls(settings, printer) as urls:
+    with llm_urls(serving(settings), printer) as urls:
         serve(settings, urls, args.host, args.serve_port, args.token, tuple(args.allow_origin), printer.info)
     return 0
 

