@@ -80,13 +80,13 @@ def test_input_formats_transcribe_alike(kind, speech, tmp_path, voxloop):
 
 
 def test_short_window_stt_matches_the_30s_window(synthesizer, transcriber):
-    """The short encoder windows (6 s, 10 s) must not cost accuracy: compare with Whisper's own
-    30 s path."""
+    """The short encoder windows (6 s, 8 s, 10 s) must not cost accuracy: compare with Whisper's
+    own 30 s path."""
     from voxloop.audio.speech import spoken_turns
     from voxloop.settings import SttSettings
     from voxloop.stt.whisper import WhisperTranscriber
 
-    full = WhisperTranscriber(SttSettings(window_s=30))
+    full = WhisperTranscriber(SttSettings(window_s=30, mid_window_s=0, short_window_s=0))
     texts = [
         "Yes.",
         "No, thank you.",
@@ -95,6 +95,8 @@ def test_short_window_stt_matches_the_30s_window(synthesizer, transcriber):
         "My name is Alice. What is my name?",
         "Tell me a fun fact about the moon, please.",
         "I would like to hear some quiet piano music while I read my book tonight.",
+        "I want to go for a run in the park before work tomorrow. Should I bring a jacket, or is a sweater enough?",
+        "My sister lives in California, three hours behind us. What time should I call her so that I do not wake her up?",
     ]
     fast_text, full_text = [], []
     for text in texts:

@@ -454,10 +454,12 @@ def test_short_utterances_get_the_short_encoder_window():
     default = SttSettings()
     assert encoder_window(0.6, default) == 6.0
     assert encoder_window(5.5, default) == 6.0
-    assert encoder_window(5.6, default) == 10.0
+    assert encoder_window(5.6, default) == 8.0
+    assert encoder_window(7.6, default) == 10.0
     assert encoder_window(9.6, default) is None  # Whisper's own 30 s path
-    assert encoder_window(2.0, SttSettings(short_window_s=0)) == 10.0
-    assert encoder_window(2.0, SttSettings(short_window_s=0, window_s=30)) is None
+    assert encoder_window(2.0, SttSettings(short_window_s=0)) == 8.0
+    assert encoder_window(2.0, SttSettings(short_window_s=0, mid_window_s=0)) == 10.0
+    assert encoder_window(2.0, SttSettings(short_window_s=0, mid_window_s=0, window_s=30)) is None
 
 
 @pytest.mark.parametrize("numpy_first", [False, True])

@@ -68,6 +68,7 @@ class SttSettings:
     threads: int = 2
     beam_size: int = 1
     window_s: float = 10.0  # encoder window for utterances up to 9.5 s (Whisper's own is 30 s)
+    mid_window_s: float = 8.0  # ...for those up to 7.5 s (0: off)
     short_window_s: float = 6.0  # ...and for those up to 5.5 s (0: off)
     interim_model: bool = True  # interim transcripts on a second model copy at the lowest priority
     language: str = "en"
