@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,30 +137,40 @@ def test_an_interim_transcript_made_useless_is_dropped_after_the_encoder(transcr
     assert "sister" in transcriber.transcribe(audio, stop=lambda: False).lower()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
-def test_interim_transcripts_run_on_their_own_model_at_the_lowest_priority(speech):
-    """The interim model's threads (CTranslate2's included) run under SCHED_IDLE, so the
-    transcript that ends a turn never waits behind one, and it still transcribes."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE and /proc are Linux's")
+def test_interim_transcripts_run_apart_at_the_lowest_priority_and_freeze_on_a_pause(speech):
+    """Partials run in a child process whose threads (CTranslate2's included) are all under
+    SCHED_IDLE; a pause freezes it at once, and the next partial still transcribes."""
     import os
+    import threading
+    import time
 
     from voxloop.settings import SttSettings
     from voxloop.stt.interim import InterimTranscriber
 
-    def idle_threads() -> int:
-        return sum(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in os.listdir("/proc/self/task"))
-
-    before = idle_threads()
-    ours = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (Linux)
+    ours = {tid: os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
     interim = InterimTranscriber(SttSettings())
     try:
-        assert idle_threads() >= before + 2  # its thread and the model's worker thread(s)
-        # the rest of voxloop is untouched
-        assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)) == ours
-        audio = load_audio(str(speech(["Please remind me to call my sister on Friday."])))
-        text = interim.executor.submit(interim.transcribe, audio).result()
-        assert wer("Please remind me to call my sister on Friday.", text) <= 0.15, text
+        theirs = [os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{interim.pid}/task")]
+        assert len(theirs) >= 2 and set(theirs) == {os.SCHED_IDLE}
+        still = {
+            tid: os.sched_getscheduler(int(tid)) for tid in ours if os.path.exists(f"/proc/self/task/{tid}")
+        }
+        assert still == {tid: ours[tid] for tid in still}  # voxloop's own threads untouched
+        question = "Please remind me to call my sister on Friday."
+        audio = load_audio(str(speech([question])))
+        paused = threading.Event()
+        running = interim.executor.submit(interim.transcribe, np.concatenate([audio] * 3), paused.is_set)
+        time.sleep(0.05)
+        paused.set()
+        assert running.result(timeout=1) == ""
+        state = Path(f"/proc/{interim.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "T"  # stopped: it takes no CPU while the turn is transcribed
+        text = interim.executor.submit(interim.transcribe, audio).result(timeout=30)
+        assert wer(question, text) <= 0.15, text
     finally:
         interim.close()
+    assert interim._proc.poll() is not None
 
 
 def test_short_answers_come_back_as_finished_sentences(synthesizer, transcriber):
