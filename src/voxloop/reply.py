@@ -281,6 +281,11 @@ class ReplyJob:
         r.sentences.append(sentence)
         sentences.put_nowait(sentence)
 
+    def _voice(self, sentence: str) -> np.ndarray:
+        """In the TTS thread: a piece of the reply as it is played, with the pause after it."""
+        synth = self.models.synthesizer
+        return paced(synth.synthesize(sentence), synth.sample_rate, sentence)
+
     async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
         loop = asyncio.get_running_loop()
         r = self.result
@@ -288,8 +293,7 @@ class ReplyJob:
         first = True
         while (sentence := await sentences.get()) is not None:
             t0 = time.perf_counter()
-            samples = await loop.run_in_executor(self.models.tts_thread, synth.synthesize, sentence)
-            samples = paced(samples, synth.sample_rate, sentence)
+            samples = await loop.run_in_executor(self.models.tts_thread, self._voice, sentence)
             r.tts_ms += (time.perf_counter() - t0) * 1000
             if r.first_tts_ms is None:
                 r.first_tts_ms = (time.perf_counter() - t0) * 1000
