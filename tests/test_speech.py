@@ -137,6 +137,17 @@ def test_an_interim_transcript_made_useless_is_dropped_after_the_encoder(transcr
     assert "sister" in transcriber.transcribe(audio, stop=lambda: False).lower()
 
 
+def _thread_states(pid: int) -> set[str]:
+    """The scheduler state letter of each thread of process ``pid``, from /proc."""
+    import os
+
+    states = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        states.add(stat.rsplit(")", 1)[1].split()[0])
+    return states
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE and /proc are Linux's")
 def test_interim_transcripts_run_apart_at_the_lowest_priority_and_freeze_on_a_pause(speech):
     """Partials run in a child process whose threads (CTranslate2's included) are all under
@@ -164,8 +175,13 @@ def test_interim_transcripts_run_apart_at_the_lowest_priority_and_freeze_on_a_pa
         time.sleep(0.05)
         paused.set()
         assert running.result(timeout=1) == ""
-        state = Path(f"/proc/{interim.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        assert state == "T"  # stopped: it takes no CPU while the turn is transcribed
+        # SIGSTOP lands on each thread the next time the kernel schedules it (at once on an idle
+        # core, a little later under SCHED_IDLE when both cores are busy); until then a thread
+        # may show "R", but it never runs user code again before it stops.
+        deadline = time.monotonic() + 2.0
+        while (states := _thread_states(interim.pid)) != {"T"} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert states == {"T"}, states  # stopped: it takes no CPU while the turn is transcribed
         text = interim.executor.submit(interim.transcribe, audio).result(timeout=30)
         assert wer(question, text) <= 0.15, text
     finally:
