@@ -1,20 +1,28 @@
 """Echo cancellers on a simulated room: how much echo they remove, whether what is left looks
-like speech to the VAD, and how soon the user's voice shows through when the user talks over
+like speech to the endpointer, and how soon the user's voice is heard when the user talks over
 voxloop (double-talk onset, which bounds how fast barge-in can be).
 
 Why this exists: barge-in pauses playback on the first VAD step that hears the user in the
 echo canceller's output (and cuts it on the next). With headphones that takes 130-150 ms from
-the first sound of the user's voice; through WebRTC AEC3 it takes longer, because AEC3's
-suppressor holds the user's first ~100-150 ms down while it decides whether the new sound is
-echo. This script measures that for every canceller installed, next to the user's voice alone
-(the floor any canceller can reach), so a new canceller or setting can be judged before it
-goes into the pipeline.
+the first sound of the user's voice; through an echo canceller it can take longer, for two
+reasons this script tells apart:
+
+* the canceller's suppressor holds the user's first 100-150 ms down while it decides whether
+  the new sound is echo (AEC3 does this at the onset of double talk);
+* Silero's recurrent memory, after seconds of what the canceller leaves of voxloop's voice,
+  answers a new voice slowly (0.2-0.4 where a fresh state gives 0.6-0.85). The endpointer
+  clears it after ``[vad] refresh_ms`` of quiet between turns; the ``no refresh`` rows show
+  what that buys.
+
+The user talks over voxloop's *second* reply, so the canceller has already learned the room on
+the first (a fresh canceller at every onset would flatter it), at eight moments.
 
 Backends: ``webrtc`` (pywebrtc-audio, voxloop's default), ``livekit`` and ``speex`` (the
-``speexaec`` package, built against Debian's libspeexdsp-dev) when they are installed. The room
-is a 40 ms delay at a gain, over -60 dBFS hiss, optionally with a 250 ms reverberant tail.
-The far end is hibari reading a weather report; the user (also hibari) says "Stop, stop.
-Please tell me the time instead." starting at four different moments.
+``speexaec`` package, built against Debian's libspeexdsp-dev) when they are installed. Rooms:
+a 40 ms delay at a gain over -60 dBFS hiss, dry or with a diffuse reverberant tail (RT60
+~0.35 s) at a direct-to-reverberant ratio of 0 or -6 dB, the echo's energy always gain^2 times
+the reply's. The far end is hibari reading a weather report; the user (also hibari) says
+"Stop, stop. Please tell me the time instead."
 
 Run from the repository root::
 
@@ -30,9 +38,9 @@ import numpy as np
 
 from voxloop.audio.aec import EchoCanceller, make_echo_canceller
 from voxloop.audio.decode import resample
-from voxloop.settings import TtsSettings
+from voxloop.settings import TtsSettings, VadSettings
 from voxloop.tts.hibari_tts import HibariSynthesizer
-from voxloop.vad.endpointer import STEP, SileroVad
+from voxloop.vad.endpointer import STEP, SileroEndpointer
 
 RATE = 16000
 FAR_TEXT = (
@@ -41,21 +49,27 @@ FAR_TEXT = (
     "I can also set timers, play music, and answer questions about almost anything."
 )
 NEAR_TEXT = "Stop, stop. Please tell me the time instead."
-STARTS_S = (2.0, 3.0, 4.1, 5.3)  # when the user starts talking over the far end
 
 
-def room(far: np.ndarray, gain: float, reverb: bool, delay_ms: int = 40) -> np.ndarray:
-    """What the microphone hears of the speaker: late, scaled, optionally reverberant."""
+STARTS_S = (0.5, 1.0, 2.0, 3.0, 4.1, 5.3, 6.5, 7.7)  # into the second reply
+ROOMS = ((0.5, None), (1.0, None), (0.5, 0.0), (1.0, 0.0), (1.0, -6.0))  # (gain, DRR dB or dry)
+
+
+def room(far: np.ndarray, gain: float, drr_db: float | None, delay_ms: int = 40) -> np.ndarray:
+    """What the microphone hears of the speaker: late, through the room, over hiss."""
     delay = delay_ms * RATE // 1000
-    echo = np.zeros_like(far)
-    echo[delay:] = gain * far[:-delay]
-    if reverb:
+    ir = np.array([1.0])
+    if drr_db is not None:  # a direct path, then a diffuse tail decaying with tau = 50 ms
         n = RATE // 4
-        tail = np.random.default_rng(2).standard_normal(n) * np.exp(-np.arange(n) / (0.05 * RATE)) * 0.3
+        tail = np.random.default_rng(2).standard_normal(n) * np.exp(-np.arange(n) / (0.05 * RATE))
+        tail[0] = 0.0
+        tail *= np.sqrt(10 ** (-drr_db / 10) / np.sum(tail**2))
         tail[0] = 1.0
-        echo = (np.convolve(echo, tail)[: len(far)] * 0.6).astype(np.float32)
+        ir = tail / np.sqrt(np.sum(tail**2))
+    echo = np.zeros_like(far)
+    echo[delay:] = np.convolve(far, gain * ir)[: len(far) - delay]
     hiss = np.random.default_rng(1).standard_normal(len(far)).astype(np.float32) * 1e-3
-    return echo + hiss
+    return (echo + hiss).astype(np.float32)
 
 
 class SpeexAec:
@@ -81,7 +95,7 @@ class SpeexAec:
 
 
 def backends() -> dict[str, Callable[[], EchoCanceller | None]]:
-    found: dict[str, Callable[[], EchoCanceller | None]] = {"none (user alone)": lambda: None}
+    found: dict[str, Callable[[], EchoCanceller | None]] = {"headphones (user alone)": lambda: None}
     if importlib.util.find_spec("pywebrtc_audio"):
         found["webrtc"] = lambda: make_echo_canceller("webrtc")
     if importlib.util.find_spec("livekit") and importlib.util.find_spec("livekit.rtc"):
@@ -98,53 +112,74 @@ def cancel(aec: EchoCanceller, mic: np.ndarray, far: np.ndarray) -> np.ndarray:
     return np.concatenate([aec.process(mic[i : i + block], far[i : i + block]) for i in range(0, n, block)])
 
 
-def probabilities(samples: np.ndarray) -> np.ndarray:
-    vad = SileroVad()
-    return np.array([vad.probability(samples[i : i + STEP]) for i in range(0, len(samples) - STEP + 1, STEP)])
+def hearing(samples: np.ndarray, refresh_ms: int) -> np.ndarray:
+    """Per VAD step: does the endpointer hear a voice (what pauses the reply)? voxloop is
+    speaking all along (also in the floor's row: the user talks over it in headphones)."""
+    endpointer = SileroEndpointer(VadSettings(refresh_ms=refresh_ms))
+    endpointer.playback(True)
+    heard = []
+    for i in range(0, len(samples) - STEP + 1, STEP):
+        endpointer.feed(samples[i : i + STEP])
+        heard.append(endpointer.hearing)
+    return np.array(heard)
 
 
 def main() -> None:
-    synthesizer = HibariSynthesizer(TtsSettings())
-    far = resample(synthesizer.synthesize(FAR_TEXT), synthesizer.sample_rate, RATE)
+    synthesizer = HibariSynthesizer(TtsSettings(seed=0))
+    reply = resample(synthesizer.synthesize(FAR_TEXT), synthesizer.sample_rate, RATE)
     voice = resample(synthesizer.synthesize(NEAR_TEXT), synthesizer.sample_rate, RATE)
     onset_in_voice = int(np.flatnonzero(np.abs(voice) > 0.01)[0])
+    # A first reply, half a second for the user's next turn, then the reply the user talks over.
+    far = np.concatenate([reply, np.zeros(RATE // 2, np.float32), reply])
+    second = len(reply) + RATE // 2
+    refreshes = {"": VadSettings().refresh_ms, ", no refresh": 0}
     print(
-        "| room | canceller | echo removed | VAD speech steps, echo alone | user heard after, ms (4 onsets) |"
+        "| room | canceller | echo removed | steps heard in echo alone | user heard after, ms (8 onsets) | median |"
     )
-    print("|---|---|---|---|---|")
-    for gain, reverb in ((0.5, False), (0.5, True), (1.0, False), (1.0, True)):
-        echo = room(far, gain, reverb)
+    print("|---|---|---|---|---|---|")
+    for gain, drr in ROOMS:
+        echo = room(far, gain, drr)
         for name, make in backends().items():
             aec = make()
-            if aec is None:  # the floor: the user's voice alone, no echo at all
-                removed, false_steps = "-", "-"
-                echo_speech = np.zeros(len(far) // STEP, bool)
-            else:
-                cleaned = cancel(aec, echo, far)
-                skip = RATE  # the filters are still learning in the first second
-                energy = float(np.sum(echo[skip : len(cleaned)] ** 2) / np.sum(cleaned[skip:] ** 2))
-                removed = f"{10 * np.log10(energy):.1f} dB"
-                echo_speech = probabilities(cleaned) >= 0.5
-                false_steps = (
-                    f"{int(np.sum(echo_speech[skip // STEP :]))} of {len(echo_speech) - skip // STEP}"
-                )
-            heard = []
+            cleaned = None if aec is None else cancel(aec, echo, far)
+            mixes = []
             for start_s in STARTS_S:
-                start = int(start_s * RATE)
+                start = second + int(start_s * RATE)
                 near = np.zeros_like(far)
-                near[start : start + len(voice)] = voice[: len(far) - start]
-                fresh = make()  # a canceller that has not heard this room yet
-                out = near if fresh is None else cancel(fresh, echo + near, far)
-                onset = start + onset_in_voice
-                # The first step where the VAD hears speech that the echo alone did not give.
-                speech = [
-                    i
-                    for i, p in enumerate(probabilities(out))
-                    if p >= 0.5 and (i + 1) * STEP > onset and not echo_speech[i]
-                ]
-                heard.append(str(round(((speech[0] + 1) * STEP - onset) / 16)) if speech else "never")
-            where = f"gain {gain}{', reverb' if reverb else ''}"
-            print(f"| {where} | {name} | {removed} | {false_steps} | {', '.join(heard)} |", flush=True)
+                n = min(len(voice), len(far) - start)
+                near[start : start + n] = voice[:n]
+                fresh = make()  # the same canceller again, on echo and user together
+                mixes.append(
+                    (start + onset_in_voice, near if fresh is None else cancel(fresh, echo + near, far))
+                )
+            for label, refresh_ms in refreshes.items():
+                if cleaned is None:  # the floor: the user's voice alone, no echo at all
+                    removed, false_steps = "-", "-"
+                    echo_heard = np.zeros(len(far) // STEP, bool)
+                else:
+                    skip = RATE  # the filters are still learning in the first second
+                    energy = float(np.sum(echo[skip : len(cleaned)] ** 2) / np.sum(cleaned[skip:] ** 2))
+                    removed = f"{10 * np.log10(energy):.1f} dB"
+                    echo_heard = hearing(cleaned, refresh_ms)
+                    false_steps = (
+                        f"{int(np.sum(echo_heard[skip // STEP :]))} of {len(echo_heard) - skip // STEP}"
+                    )
+                heard = []
+                for onset, out in mixes:
+                    steps = hearing(out, refresh_ms)
+                    # The first step that hears a voice the echo alone did not give.
+                    hits = [
+                        i for i, h in enumerate(steps) if h and (i + 1) * STEP > onset and not echo_heard[i]
+                    ]
+                    heard.append(round(((hits[0] + 1) * STEP - onset) / 16) if hits else None)
+                known = [h for h in heard if h is not None]
+                median = f"{np.median(known):.0f}" if len(known) == len(heard) else "-"
+                where = f"gain {gain}, " + ("dry" if drr is None else f"DRR {drr:+.0f} dB")
+                shown = ", ".join("never" if h is None else str(h) for h in heard)
+                print(
+                    f"| {where} | {name}{label} | {removed} | {false_steps} | {shown} | {median} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

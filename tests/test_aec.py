@@ -144,6 +144,51 @@ def test_double_talk_keeps_the_users_voice(kind, far_end, near_end, transcriber)
         assert db(mic[span]) - db(cleaned[span]) >= 10.0
 
 
+def heard_after_ms(cleaned: np.ndarray, onsets: list[int], settings: VadSettings) -> list[float]:
+    """For each onset (a sample of the microphone signal), how long until the endpointer fed
+    ``cleaned`` from the start hears a voice: when barge-in pauses the reply."""
+    heard = []
+    for onset in onsets:
+        endpointer = make_endpointer(settings)
+        endpointer.playback(True)  # voxloop speaks all along: a first reply, then this one
+        at = None
+        for i in range(0, len(cleaned) - BLOCK + 1, BLOCK):
+            endpointer.feed(cleaned[i : i + BLOCK])
+            if i + BLOCK > onset and endpointer.hearing:
+                at = i + BLOCK
+                break
+        assert at is not None, f"the user starting at {onset / RATE:.1f} s was never heard"
+        heard.append((at - onset) * 1000 / RATE)
+    return heard
+
+
+@pytest.mark.integration
+def test_the_user_is_heard_over_a_long_reply_within_200_ms(synthesizer, far_end):
+    """Barge-in on the second reply: the canceller has learned the room on the first, and
+    Silero has listened to what it leaves of voxloop's voice for seconds. The user's first
+    word is heard within 200 ms at most onsets, and within 300 ms at every one."""
+    voice = resample(synthesizer.synthesize(NEAR_TEXT), synthesizer.sample_rate, RATE)
+    lead = int(np.flatnonzero(np.abs(voice) > 0.01)[0])
+    gap = np.zeros(RATE // 2, np.float32)
+    far = np.concatenate([far_end, gap, far_end])  # a first reply, a turn, this reply
+    second = len(far_end) + len(gap)
+    echo = room(far)
+    fast, slow = [], []
+    for at_s in (0.5, 1.0, 2.0, 3.0, 4.1, 5.3):
+        start = second + int(at_s * RATE)
+        mic = echo.copy()
+        n = min(len(voice), len(mic) - start)
+        mic[start : start + n] += voice[:n]
+        cleaned = run(WebRtcAec(ECHO_DELAY_MS), mic, far)
+        # the endpointer only has to run up to the onset and a little after
+        cut = cleaned[: start + lead + RATE]
+        fast += heard_after_ms(cut, [start + lead], VadSettings())
+        slow += heard_after_ms(cut, [start + lead], VadSettings(refresh_ms=0))
+    assert np.median(fast) <= 200 and max(fast) <= 300, fast
+    # Without clearing Silero's memory between turns the same voice is heard later.
+    assert sum(slow) > sum(fast) + 200, (slow, fast)
+
+
 # -- buffering: any block size, constant latency ------------------------------------------------
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", BACKENDS)

@@ -496,3 +496,48 @@ def test_the_embedded_server_runs_one_thread_under_serve_unless_told(tmp_path, m
     assert threads(one) == "2" and threads(serving(one)) == "1"
     chosen = load_settings(environ={"VOXLOOP_LLM_THREADS": "2"})
     assert threads(serving(chosen)) == "2"
+
+
+class ScriptedVad:
+    """A VAD seam that plays back a list of probabilities and counts its resets."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = list(probs)
+        self.resets = 0
+        self.at: list[int] = []  # step index of each reset
+
+    def probability(self, step: np.ndarray) -> float:
+        self._i = getattr(self, "_i", -1) + 1
+        return self.probs[self._i]
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.at.append(getattr(self, "_i", -1))
+
+
+def test_silero_memory_is_cleared_only_while_voxloop_speaks_and_only_between_turns():
+    from voxloop.settings import VadSettings
+    from voxloop.vad.endpointer import STEP, SileroEndpointer
+
+    quiet, voiced = [0.02] * 40, [0.9] * 20
+    script = quiet + voiced + quiet  # 40 quiet steps, a 640 ms utterance, 40 quiet steps
+    block = np.zeros(STEP, np.float32)
+
+    def run(playing: bool, refresh_ms: int = 512) -> ScriptedVad:
+        vad = ScriptedVad(script)
+        endpointer = SileroEndpointer(VadSettings(refresh_ms=refresh_ms), vad=vad)  # type: ignore[arg-type]
+        vad.resets = 0  # the one made by the constructor
+        vad.at.clear()
+        endpointer.playback(playing)
+        for _ in script:
+            endpointer.feed(block)
+        return vad
+
+    assert run(playing=False).resets == 0  # ordinary turns: Silero keeps its memory
+    assert run(playing=True, refresh_ms=0).resets == 0
+    speaking = run(playing=True)
+    # every 16 quiet steps (512 ms) before the user talks, none while the turn is open (it ends
+    # after 600 ms of silence, 19 steps), then again once it is over
+    assert speaking.at[:2] == [15, 31]
+    assert all(not 40 <= i < 60 + 19 for i in speaking.at), speaking.at
+    assert len(speaking.at) == 3

@@ -166,6 +166,7 @@ class Assistant:
         """In the VAD thread: take voxloop's own voice out of the microphone, then endpoint."""
         if self.aec is not None and far is not None:
             block = self.aec.process(block, far)
+        endpointer.playback(self.sink.busy())
         return endpointer.feed(block)
 
     async def _on_event(

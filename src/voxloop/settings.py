@@ -55,6 +55,7 @@ class VadSettings:
     announce_ms: int = 64  # voiced audio that announces speech (and stops voxloop talking)
     min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them
     pre_roll_ms: int = 200  # audio kept before the detected start (soft consonants)
+    refresh_ms: int = 512  # while voxloop speaks: clear Silero's memory after this much quiet (0: off)
     webrtc_mode: int = 3
 
 

@@ -20,6 +20,10 @@ class Endpointer(Protocol):
     def hint(self, complete: bool) -> None:
         """The words of the current pause form a finished sentence (or not)."""
 
+    def playback(self, playing: bool) -> None:
+        """Whether voxloop is speaking now, so the microphone may carry what the echo canceller
+        leaves of its voice (set before each block)."""
+
     def current_audio(self) -> np.ndarray | None:
         """The utterance so far while it goes on (for interim transcripts), else None."""
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STEP = 512  # Silero v6 at 16 kHz takes 512 new samples per call
 CONTEXT = 64  # ...plus the last 64 samples of the previous call
+QUIET = 0.15  # a step this unlike speech counts towards clearing Silero's memory
 TRAILING_S = 0.2  # silence kept after the last voiced step for the STT
 
 
@@ -78,6 +79,9 @@ class SileroEndpointer:
         pre_roll_steps = max(1, round(settings.pre_roll_ms / 1000 * sample_rate / STEP))
         self._pre_roll: collections.deque[np.ndarray] = collections.deque(maxlen=pre_roll_steps)
         self._off = settings.threshold - 0.15
+        self._refresh_steps = round(settings.refresh_ms / 1000 * sample_rate / STEP)
+        self._playing = False  # voxloop is speaking (see playback)
+        self._calm = 0  # quiet steps in a row between turns, since Silero's memory was cleared
         self._start_new()
 
     def _start_new(self) -> None:
@@ -93,6 +97,7 @@ class SileroEndpointer:
 
     def reset(self) -> None:
         self.vad.reset()
+        self._calm = 0
         self._pre_roll.clear()
         self._start_new()
 
@@ -102,6 +107,11 @@ class SileroEndpointer:
         s = self.settings
         if self._in_speech and s.adaptive:
             self._required = s.complete_silence_ms if complete else s.incomplete_silence_ms
+
+    def playback(self, playing: bool) -> None:
+        self._playing = playing
+        if not playing:
+            self._calm = 0
 
     @property
     def hearing(self) -> bool:
@@ -130,6 +140,7 @@ class SileroEndpointer:
         if not self._in_speech:
             if prob >= s.threshold:
                 self._in_speech = True
+                self._calm = 0
                 self._chunks = list(self._pre_roll)
                 self._start = at - STEP * len(self._pre_roll)
                 self._voiced = STEP
@@ -138,6 +149,7 @@ class SileroEndpointer:
                 self._chunks.append(step)
                 return self._maybe_announce()
             self._pre_roll.append(step)
+            self._refresh(prob)
             return None
 
         self._chunks.append(step)
@@ -165,6 +177,25 @@ class SileroEndpointer:
             self._pause_reported = True
             return self._ended(at + STEP, final=False)
         return None
+
+    def _refresh(self, prob: float) -> None:
+        """While voxloop speaks, clear Silero's recurrent memory after a stretch of quiet.
+
+        Why: over seconds of what the echo canceller leaves of voxloop's own voice, Silero's
+        state settles where a new voice moves it slowly: the user's first words over a reply
+        scored 0.2-0.4 for 200-300 ms where the same samples score 0.6-0.85 from a fresh state
+        (benchmarks/aec_onset.py), so barge-in waited for the second or third word. A fresh
+        state after half a second of quiet hears the next voice as soon as it would in silence.
+        Only between turns (inside one, the memory is what tells a pause from the end), and
+        only while voxloop speaks: on ordinary turns the earlier start moved Whisper's window
+        and cost words (bench set WER 1.4% -> 3.9%), for no gain in answer time.
+        """
+        if not self._refresh_steps or not self._playing:
+            return
+        self._calm = self._calm + 1 if prob < QUIET else 0
+        if self._calm >= self._refresh_steps:
+            self.vad.reset()
+            self._calm = 0
 
     def _is_turn(self) -> bool:
         s = self.settings

@@ -54,6 +54,9 @@ class ReferenceEndpointer:
     def hint(self, complete: bool) -> None:
         """The reference waits its fixed second whatever was said."""
 
+    def playback(self, playing: bool) -> None:
+        """The reference never listens while it speaks."""
+
     def current_audio(self) -> np.ndarray | None:
         return np.concatenate(self._voiced) if self._voiced else None
 
