@@ -309,6 +309,9 @@ class ScriptedEndpointer:
     def reset(self) -> None:
         return None
 
+    def playback(self, playing: bool) -> None:
+        self.told = [*getattr(self, "told", []), playing]
+
 
 class BlocksSource:
     sample_rate = 16000
@@ -392,6 +395,20 @@ async def test_a_looping_reply_is_cut_and_the_stream_closed():
     assert turns[0].assistant == "I'm a voice."
     assert LoopingChat.closed_early
     assert chat.requests[1][-2] == {"role": "assistant", "content": "I'm a voice."}
+
+
+async def test_the_endpointer_is_told_before_each_block_whether_voxloop_is_speaking():
+    class SpeakingSink(NullSink):
+        def busy(self) -> bool:
+            return True
+
+    for sink, speaking in ((NullSink(), False), (SpeakingSink(), True)):
+        endpointer = ScriptedEndpointer()
+        assistant = Assistant(
+            Settings(), FakeTranscriber(["hi", "again"]), FakeChat(), FakeSynth(), sink, JsonPrinter()
+        )
+        await assistant.run(BlocksSource(2), endpointer)
+        assert endpointer.told == [speaking, speaking]
 
 
 def test_loop_guard_spots_word_runs_not_normal_speech():
