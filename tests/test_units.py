@@ -303,6 +303,9 @@ class ScriptedEndpointer:
 
     hearing = False
 
+    def __init__(self) -> None:
+        self.told: list[bool] = []  # what playback() was told, block by block
+
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         return [SpeechEnded(audio=block, start_s=0.0, end_s=0.5, endpoint_at_s=1.0)]
 
@@ -310,7 +313,7 @@ class ScriptedEndpointer:
         return None
 
     def playback(self, playing: bool) -> None:
-        self.told = [*getattr(self, "told", []), playing]
+        self.told.append(playing)
 
 
 class BlocksSource:
@@ -516,20 +519,19 @@ def test_the_embedded_server_runs_one_thread_under_serve_unless_told(tmp_path, m
 
 
 class ScriptedVad:
-    """A VAD seam that plays back a list of probabilities and counts its resets."""
+    """A VAD seam that plays back a list of probabilities and notes when it is reset."""
 
     def __init__(self, probs: list[float]) -> None:
         self.probs = list(probs)
-        self.resets = 0
-        self.at: list[int] = []  # step index of each reset
+        self._i = -1  # the step last scored
+        self.at: list[int] = []  # the step after which each reset came
 
     def probability(self, step: np.ndarray) -> float:
-        self._i = getattr(self, "_i", -1) + 1
+        self._i += 1
         return self.probs[self._i]
 
     def reset(self) -> None:
-        self.resets += 1
-        self.at.append(getattr(self, "_i", -1))
+        self.at.append(self._i)
 
 
 def test_silero_memory_is_cleared_only_while_voxloop_speaks_and_only_between_turns():
@@ -543,15 +545,14 @@ def test_silero_memory_is_cleared_only_while_voxloop_speaks_and_only_between_tur
     def run(playing: bool, refresh_ms: int = 512) -> ScriptedVad:
         vad = ScriptedVad(script)
         endpointer = SileroEndpointer(VadSettings(refresh_ms=refresh_ms), vad=vad)  # type: ignore[arg-type]
-        vad.resets = 0  # the one made by the constructor
-        vad.at.clear()
+        vad.at.clear()  # the one made by the constructor
         endpointer.playback(playing)
         for _ in script:
             endpointer.feed(block)
         return vad
 
-    assert run(playing=False).resets == 0  # ordinary turns: Silero keeps its memory
-    assert run(playing=True, refresh_ms=0).resets == 0
+    assert run(playing=False).at == []  # ordinary turns: Silero keeps its memory
+    assert run(playing=True, refresh_ms=0).at == []
     speaking = run(playing=True)
     # every 16 quiet steps (512 ms) before the user talks, none while the turn is open (it ends
     # after 600 ms of silence, 19 steps), then again once it is over

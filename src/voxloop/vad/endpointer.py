@@ -81,11 +81,11 @@ class SileroEndpointer:
         self._off = settings.threshold - 0.15
         self._refresh_steps = round(settings.refresh_ms / 1000 * sample_rate / STEP)
         self._playing = False  # voxloop is speaking (see playback)
-        self._calm = 0  # quiet steps in a row between turns, since Silero's memory was cleared
         self._start_new()
 
     def _start_new(self) -> None:
         self._in_speech = False
+        self._calm = 0  # quiet steps in a row between turns, since Silero's memory was cleared
         self._announced = False
         self._chunks: list[np.ndarray] = []
         self._start = 0  # sample index where the kept audio starts
@@ -97,7 +97,6 @@ class SileroEndpointer:
 
     def reset(self) -> None:
         self.vad.reset()
-        self._calm = 0
         self._pre_roll.clear()
         self._start_new()
 
@@ -140,7 +139,6 @@ class SileroEndpointer:
         if not self._in_speech:
             if prob >= s.threshold:
                 self._in_speech = True
-                self._calm = 0
                 self._chunks = list(self._pre_roll)
                 self._start = at - STEP * len(self._pre_roll)
                 self._voiced = STEP
