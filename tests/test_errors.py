@@ -124,6 +124,8 @@ def test_no_microphone(voxloop):
 def test_bad_setting_value(voxloop, tmp_path):
     run = voxloop("chat", "--input", "x.wav", extra_env={"VOXLOOP_VAD_END_SILENCE_MS": "soon"})
     one_clear_line(run, 2, "vad.end_silence_ms", "soon")
+    run = voxloop("chat", "--input", "x.wav", extra_env={"VOXLOOP_LLM_EXTRA_BODY": "top_k=20"})
+    one_clear_line(run, 2, "llm.extra_body", "JSON")
 
 
 def test_stt_model_name_is_never_downloaded_by_default(speech, voxloop):

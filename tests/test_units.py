@@ -50,6 +50,10 @@ def test_settings_errors_name_the_setting(tmp_path):
         load_settings({"llm": {"modle": "x"}}, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_file=str(tmp_path / "missing.toml"), environ={})
+    with pytest.raises(ConfigError, match=r"llm\.extra_body is not valid JSON"):
+        load_settings(environ={"VOXLOOP_LLM_EXTRA_BODY": "{top_k: 20}"})
+    with pytest.raises(ConfigError, match=r"llm\.extra_body must be a JSON object"):
+        load_settings(environ={"VOXLOOP_LLM_EXTRA_BODY": "[1, 2]"})
     bad = tmp_path / "bad.toml"
     bad.write_text("[llm\n")
     with pytest.raises(ConfigError, match="TOML"):
@@ -191,6 +195,23 @@ async def test_streams_and_picks_first_model():
     await chat.connect()
     assert (chat.model, chat.context_tokens) == ("m1", 4096)
     assert await _collect(chat) == "Hello!"
+
+
+async def test_extra_body_reaches_every_chat_request_without_replacing_voxloops_fields():
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, content=_sse("Hi"), headers={"content-type": "text/event-stream"})
+
+    extra = '{"chat_template_kwargs": {"enable_thinking": false}, "top_k": 20, "max_tokens": 9999}'
+    settings = load_settings({"llm": {"extra_body": extra, "max_tokens": 40}}, environ={})
+    chat = OpenAIChat("http://x/v1", settings.llm, transport=httpx.MockTransport(handler))
+    await chat.prefill([{"role": "user", "content": "hi"}])
+    assert await _collect(chat) == "Hi"
+    for body in bodies:  # the prefill and the reply: the same template, so the cache matches
+        assert body["chat_template_kwargs"] == {"enable_thinking": False} and body["top_k"] == 20
+    assert [b["max_tokens"] for b in bodies] == [1, 40]
 
 
 async def test_unknown_model_lists_served_ones():

