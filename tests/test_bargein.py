@@ -149,7 +149,8 @@ async def test_barge_in_with_a_real_llm_server(transcriber, synthesizer, llm_ser
     audio, _end_q, interrupt_at = _scene(synthesizer, interrupt_after_s=2.0)
     settings = Settings(
         system_prompt="You are a storyteller. Always tell a long story of at least ten sentences.",
-        llm=LlmSettings(max_tokens=400, temperature=0.0),
+        # ignore_eos: the reply outlasts the interruption whatever greedy decoding picks on this box
+        llm=LlmSettings(max_tokens=400, temperature=0.0, extra_body='{"ignore_eos": true}'),
     )
     chat = OpenAIChat(llm_server, settings.llm)
     await chat.connect()
