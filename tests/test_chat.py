@@ -119,6 +119,30 @@ def test_embedded_default_server_starts_and_stops(speech, voxloop):
     assert next(e["assistant"] for e in run.events() if e["type"] == "turn_done").strip()
 
 
+def test_on_a_busy_box_the_embedded_server_moves_to_one_thread(speech, voxloop):
+    """Another program keeps every core but one busy: llama.cpp's two threads stall (a token
+    every few seconds); voxloop restarts its server on one thread and the turns are answered."""
+    import os
+    import subprocess
+    import sys
+
+    questions = ["What is the capital of France?", "How many legs does a spider have?"]
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(max(1, (os.cpu_count() or 2) - 1))
+    ]
+    try:
+        run = voxloop("chat", "--input", str(speech(questions)), "--no-speak", "--json", timeout=240)
+    finally:
+        for p in busy:
+            p.kill()
+    assert run.code == 0, run.err
+    assert run.err.count("Restarting it on one thread") == 1, run.err
+    done = [e for e in run.events() if e["type"] == "turn_done"]
+    assert [wer(q, d["user"]) <= 0.25 for q, d in zip(questions, done, strict=True)] == [True, True]
+    assert all(d["assistant"].strip() and not d["error"] for d in done)
+
+
 def test_llm_start_status_stop_and_chat_reuses_it(speech, voxloop):
     from voxloop.llm.server import free_port
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -537,6 +539,107 @@ def test_the_embedded_server_runs_one_thread_under_serve_unless_told(tmp_path, m
     assert threads(one) == "2" and threads(serving(one)) == "1"
     chosen = load_settings(environ={"VOXLOOP_LLM_THREADS": "2"})
     assert threads(serving(chosen)) == "2"
+
+
+class StallingChat:
+    """A chat seam that, per request, yields its pieces and then hangs (None) or ends."""
+
+    def __init__(self, *scripts: list[str | None]) -> None:
+        self.scripts = list(scripts)
+        self.requests: list[list[Message]] = []
+        self.url = "http://127.0.0.1:1/v1"
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        for piece in self.scripts.pop(0):
+            if piece is None:
+                await asyncio.sleep(60)  # the stall: no token comes
+            else:
+                yield piece
+
+
+class RestartableServer:
+    def __init__(self, threads: int = 2, private: bool = True) -> None:
+        self.settings = LlmSettings(threads=threads)
+        self.proc = object() if private else None
+        self.url = "http://127.0.0.1:1/v1"
+        self.restarts: list[int] = []
+
+    @property
+    def threads(self) -> int:
+        return self.settings.threads
+
+    def restart(self, threads: int) -> None:
+        self.restarts.append(threads)
+        self.settings = LlmSettings(threads=threads)
+        self.url = "http://127.0.0.1:2/v1"
+
+
+async def _guarded(chat: StallingChat, server: RestartableServer) -> tuple[str, list[str]]:
+    from voxloop.llm.stall import StallGuard
+
+    said: list[str] = []
+    guard = StallGuard(chat, server, said.append, first_piece_s=0.2, next_piece_s=0.1)  # type: ignore[arg-type]
+    ask: list[Message] = [{"role": "user", "content": "hi"}]
+    return "".join([p async for p in guard.stream(ask)]), said
+
+
+async def test_a_stalled_embedded_server_is_restarted_on_one_thread_and_asked_again():
+    chat = StallingChat([None], ["Hello", " there."])
+    server = RestartableServer()
+    reply, said = await _guarded(chat, server)
+    assert reply == "Hello there." and server.restarts == [1]
+    assert chat.requests[1] == chat.requests[0]  # nothing was said: the same request again
+    assert chat.url == "http://127.0.0.1:2/v1"  # wherever the restarted server listens
+    assert len(said) == 1 and "no token for 0.2 s" in said[0] and "one thread" in said[0]
+
+
+async def test_a_reply_that_stalls_midway_goes_on_from_what_was_said():
+    chat = StallingChat(["Once", " upon", None], [" a time."])
+    server = RestartableServer()
+    reply, said = await _guarded(chat, server)
+    assert reply == "Once upon a time." and server.restarts == [1]
+    assert chat.requests[1][-1] == {"role": "assistant", "content": "Once upon"}
+    assert "no token for 0.1 s" in said[0]
+
+
+@pytest.mark.parametrize("server", [RestartableServer(threads=1), RestartableServer(private=False)])
+async def test_one_thread_or_a_shared_server_is_never_restarted(server):
+    class Slow(StallingChat):
+        async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+            await asyncio.sleep(0.4)  # slower than the limits, but it comes
+            yield "Slow."
+
+    reply, said = await _guarded(Slow(), server)
+    assert reply == "Slow." and server.restarts == [] and said == []
+
+
+def test_closing_interim_transcripts_does_not_fail_when_the_child_is_slow_to_die():
+    """On a busy box a process that runs only on idle CPU may not even die within the wait."""
+    import subprocess
+
+    from voxloop.stt.interim import InterimTranscriber
+
+    class Stuck:
+        pid = 0
+        killed = False
+
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int:
+            raise subprocess.TimeoutExpired("interim", timeout or 0)
+
+        def kill(self) -> None:
+            self.killed = True
+
+    interim = object.__new__(InterimTranscriber)
+    interim.executor = ThreadPoolExecutor(1)
+    interim._frozen = False
+    interim._conn = type("Conn", (), {"close": lambda self: None})()
+    interim._proc = stuck = Stuck()  # type: ignore[assignment]
+    interim.close()
+    assert stuck.killed
 
 
 class ScriptedVad:

@@ -20,6 +20,7 @@ from voxloop.llm import ChatModel
 from voxloop.llm.failover import FailoverChat
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.llm.server import SERVE_THREADS, embedded_server
+from voxloop.llm.stall import StallGuard
 from voxloop.pipeline import Assistant
 from voxloop.printer import Printer
 from voxloop.reply import sounds_finished
@@ -38,8 +39,19 @@ def llm_urls(settings: Settings, printer: Printer) -> Iterator[list[str]]:
     if settings.llm.urls:
         yield list(settings.llm.urls)
         return
-    with embedded_server(settings.llm, printer.info) as url:
-        yield [url]
+    with embedded_server(settings.llm, printer.info) as server:
+        yield [server.url]
+
+
+@contextlib.contextmanager
+def conversation_model(settings: Settings, printer: Printer) -> Iterator[ChatModel]:
+    """The chat model for one conversation: the --llm-url servers, or the embedded server,
+    watched for the stall of two llama.cpp threads on a busy box (:mod:`voxloop.llm.stall`)."""
+    if settings.llm.urls:
+        yield make_chat(list(settings.llm.urls), settings, printer)
+        return
+    with embedded_server(settings.llm, printer.info) as server:
+        yield StallGuard(OpenAIChat(server.url, settings.llm, notice=printer.info), server, printer.info)
 
 
 def serving(settings: Settings) -> Settings:
@@ -78,8 +90,7 @@ async def chat(
     else:
         source = mic = MicSource()
         mic.check()
-    with llm_urls(settings, printer) as urls:
-        model = make_chat(urls, settings, printer)
+    with conversation_model(settings, printer) as model:
         try:
             await model.connect()
             transcriber, synthesizer, interim = await asyncio.gather(

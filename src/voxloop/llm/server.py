@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -372,20 +372,53 @@ def stop_server() -> ServerInfo | None:
     return info
 
 
+@dataclass
+class EmbeddedServer:
+    """The embedded server one command talks to: a running `voxloop llm start` one, shared and
+    left alone (``proc`` None), or one started for this command, which voxloop may restart."""
+
+    settings: LlmSettings
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.settings.threads or ONE_CONVERSATION_THREADS
+
+    def restart(self, threads: int) -> None:
+        """The same model on ``threads`` threads, on the same port when it is free again."""
+        if self.proc is None:
+            raise RuntimeError("a shared server is not voxloop's to restart")
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        self.stop()
+        self.settings = replace(self.settings, threads=threads)
+        info, self.proc = start_server(self.settings, port=None if _port_in_use(port) else port, detach=False)
+        self.url = info.url
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @contextlib.contextmanager
-def embedded_server(settings: LlmSettings, announce: Callable[[str], None] = log.info) -> Iterator[str]:
-    """The URL of the embedded server: the running one, or one started just for this block."""
+def embedded_server(
+    settings: LlmSettings, announce: Callable[[str], None] = log.info
+) -> Iterator[EmbeddedServer]:
+    """The embedded server: the running one, or one started just for this block."""
     running = read_state()
     if running is not None and answers(running.url):
-        yield running.url
+        yield EmbeddedServer(settings, running.url)
         return
     announce("Starting the embedded LLM (llama.cpp, SmolLM2-135M) for this conversation…")
     info, proc = start_server(settings, detach=False)
+    server = EmbeddedServer(settings, info.url, proc)
     try:
-        yield info.url
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()

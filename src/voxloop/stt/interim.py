@@ -181,8 +181,11 @@ class InterimTranscriber:
         try:
             self._proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
+            # On a box another program keeps busy, a process that runs only on idle CPU may
+            # take a while even to die: it is killed, and voxloop does not wait for it.
             self._proc.kill()
-            self._proc.wait(timeout=2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=2)
 
 
 def make_interim(settings: SttSettings) -> InterimTranscriber | None:

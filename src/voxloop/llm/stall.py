@@ -1,0 +1,104 @@
+"""The embedded llama.cpp server, watched for the stall of its two threads on a busy box.
+
+llama.cpp's threads meet at a spinning barrier after every operation. On 2 cores two threads
+are the fastest for one conversation (~17 ms a token against ~26 ms on one), until another
+program keeps a core busy: then the thread that shares that core waits a scheduler slice at
+every barrier, and a token takes ~3 s instead of 17 ms. One thread is not touched by one busy
+core (~26 ms a token). The guard notices the stall (no token for a while from a server that
+gives one every few tens of ms), restarts the server voxloop started on one thread, and asks
+again: from the start when nothing was said yet, else on from what was said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from voxloop.llm import Message
+from voxloop.llm.openai_http import OpenAIChat
+from voxloop.llm.server import EmbeddedServer
+
+log = logging.getLogger(__name__)
+
+# A prompt the cache has not read (a long history, the first turn) takes up to ~1.5 s on two
+# threads here; a stalled server takes ~3 s for each token.
+FIRST_PIECE_S = 2.5
+NEXT_PIECE_S = 1.0
+
+
+class StallGuard:
+    """A :class:`~voxloop.llm.ChatModel` over the embedded server, which it may move to one thread."""
+
+    def __init__(
+        self,
+        chat: OpenAIChat,
+        server: EmbeddedServer,
+        notice: Callable[[str], None] = log.warning,
+        first_piece_s: float = FIRST_PIECE_S,
+        next_piece_s: float = NEXT_PIECE_S,
+    ) -> None:
+        self.chat = chat
+        self.server = server
+        self.notice = notice
+        self.first_piece_s = first_piece_s
+        self.next_piece_s = next_piece_s
+        self._restarting = asyncio.Lock()  # a speculative request and the real one may both stall
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
+
+    @property
+    def context_tokens(self) -> int:
+        return self.chat.context_tokens
+
+    @property
+    def watching(self) -> bool:
+        return self.server.proc is not None and self.server.threads > 1
+
+    async def connect(self) -> None:
+        await self.chat.connect()
+
+    async def prefill(self, messages: list[Message]) -> None:
+        await self.chat.prefill(messages)
+
+    async def aclose(self) -> None:
+        await self.chat.aclose()
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        said = ""
+        while True:
+            # After a restart the server goes on from what was already said (llama.cpp continues
+            # a final assistant message), so nothing is repeated or lost.
+            asked = [*messages, {"role": "assistant", "content": said}] if said else messages
+            stream = self.chat.stream(asked)
+            waited = 0.0
+            try:
+                pieces = aiter(stream)
+                while True:
+                    limit = (self.next_piece_s if said else self.first_piece_s) if self.watching else None
+                    try:
+                        piece = await asyncio.wait_for(anext(pieces), limit)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        waited = limit or 0.0
+                        break
+                    said += piece
+                    yield piece
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            await self._one_thread(waited)
+
+    async def _one_thread(self, waited: float) -> None:
+        async with self._restarting:
+            if not self.watching:
+                return  # the other request restarted it meanwhile
+            self.notice(
+                f"The embedded LLM gave no token for {waited:g} s: another program is keeping a "
+                "core busy, and llama.cpp's two threads stall then. Restarting it on one thread…"
+            )
+            await asyncio.to_thread(self.server.restart, 1)
+            self.chat.url = self.server.url
+            log.info("the embedded LLM now runs on one thread at %s", self.server.url)
