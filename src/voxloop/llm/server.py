@@ -45,6 +45,11 @@ ONE_CONVERSATION_THREADS = 2
 SERVE_THREADS = 1
 
 
+def llamacpp_threads(settings: LlmSettings) -> int:
+    """The threads the embedded llama.cpp server runs: the setting, or two for one conversation."""
+    return settings.threads or ONE_CONVERSATION_THREADS
+
+
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -221,7 +226,7 @@ def llamacpp_launch(settings: LlmSettings, port: int, model: str | None) -> Laun
         "--port", str(port),
         "--ctx-size", str(SLOT_CONTEXT * SLOTS),
         "--parallel", str(SLOTS),
-        "--threads", str(settings.threads or ONE_CONVERSATION_THREADS),
+        "--threads", str(llamacpp_threads(settings)),
         "--alias", gguf.stem,
         "--metrics",
         "--no-webui",
@@ -383,13 +388,13 @@ class EmbeddedServer:
 
     @property
     def threads(self) -> int:
-        return self.settings.threads or ONE_CONVERSATION_THREADS
+        return llamacpp_threads(self.settings)
 
     def restart(self, threads: int) -> None:
         """The same model on ``threads`` threads, on the same port when it is free again."""
         if self.proc is None:
             raise RuntimeError("a shared server is not voxloop's to restart")
-        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        port = httpx.URL(self.url).port or 0
         self.stop()
         self.settings = replace(self.settings, threads=threads)
         info, self.proc = start_server(self.settings, port=None if _port_in_use(port) else port, detach=False)
