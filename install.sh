@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Installs voxloop and everything it runs on, offline-capable afterwards:
-#   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice,
-#                         SmolLM2-135M) and llama.cpp's server, built from source (~8 min once)
-#   ./install.sh --vllm   the same plus vLLM for CPUs (`voxloop llm start --engine vllm`)
+#   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice, the
+#                         `small` and `tiny` LLM presets) and llama.cpp's server, built from
+#                         source (~8 min once)
+#   ./install.sh --base   also the `base` LLM preset (Qwen2.5-Coder-1.5B, 1.1 GB)
+#   ./install.sh --vllm   also vLLM for CPUs (`voxloop llm start --engine vllm`)
 #   ./install.sh --dev    all of the above plus the test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="llamacpp"
-case "${1:-}" in
-  --vllm) extras="llamacpp,vllm" ;;
-  --dev) extras="llamacpp,vllm,dev" ;;
-esac
+extras="llamacpp,small"
+for flag in "$@"; do
+  case "$flag" in
+    --base) extras="$extras,base" ;;
+    --vllm) extras="$extras,vllm" ;;
+    --dev) extras="$extras,base,vllm,dev" ;;
+    *) echo "usage: ./install.sh [--base] [--vllm] [--dev]" >&2; exit 2 ;;
+  esac
+done
 
 # PortAudio for the microphone and speaker (voxloop still runs on files without it).
 if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then

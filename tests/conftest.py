@@ -21,12 +21,24 @@ import pytest
 
 from voxloop.audio import save_wav
 from voxloop.audio.speech import spoken_turns
-from voxloop.settings import Settings, SttSettings, TtsSettings
+from voxloop.settings import SttSettings, TtsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- real models ------------------------------------------------------------------------------
+# The tests of voxloop's own plumbing (barge-in, stalls, errors, the web page...) run on the tiny
+# preset, SmolLM2-135M: they test voxloop, not the model, and it is the fastest. What the default
+# model says is tested in test_quality.py, which asks for the default preset by name.
+TEST_PRESET = "tiny"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_models(tmp_path_factory) -> None:
+    """One models folder for the whole run: a preset is joined (up to 1.1 GB) once, not per test."""
+    os.environ.setdefault("VOXLOOP_MODELS", str(tmp_path_factory.mktemp("models")))
+
+
 @pytest.fixture(scope="session")
 def synthesizer():
     from voxloop.tts.hibari_tts import HibariSynthesizer
@@ -95,9 +107,10 @@ def mid_phrase_pause(synthesizer, tmp_path_factory) -> Path:
 def llm_server(tmp_path_factory) -> Iterator[str]:
     """A real llama.cpp server (SmolLM2-135M) on 127.0.0.1, for the whole test session."""
     from voxloop.llm.server import start_server
+    from voxloop.settings import LlmSettings
 
     os.environ.setdefault("VOXLOOP_HOME", str(tmp_path_factory.mktemp("voxloop-home")))
-    info, proc = start_server(Settings().llm, detach=False)
+    info, proc = start_server(LlmSettings(preset=TEST_PRESET), detach=False)
     yield info.url
     proc.terminate()
     proc.wait(timeout=10)
@@ -225,6 +238,7 @@ def voxloop(tmp_path) -> Callable[..., Run]:
         "VOXLOOP_HOME": str(tmp_path / "home"),
         "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
         "VOXLOOP_LLM_TEMPERATURE": "0",
+        "VOXLOOP_LLM_PRESET": TEST_PRESET,
     }
 
     def run(*args: str, timeout: float = 300, extra_env: dict[str, str] | None = None) -> Run:

@@ -463,18 +463,24 @@ def test_sounds_finished():
 
 def test_embedded_model_is_repacked_as_q8_once_or_falls_back_to_the_packaged_file(tmp_path, monkeypatch):
     from voxloop.llm import server
+    from voxloop.settings import LlmSettings
 
+    tiny = LlmSettings(preset="tiny")
+    monkeypatch.delenv("VOXLOOP_MODELS", raising=False)
     monkeypatch.setenv("VOXLOOP_HOME", str(tmp_path / "home"))
-    fast = server.embedded_gguf()
+    fast = server.embedded_gguf(tiny)
     assert fast.name == "SmolLM2-135M-Instruct.Q8_0.gguf" and fast.parent == tmp_path / "home" / "models"
     assert fast.read_bytes()[:4] == b"GGUF" and fast.stat().st_size > server.smollm2_gguf().stat().st_size
-    assert server.embedded_gguf() == fast  # made once, then reused
+    assert server.embedded_gguf(tiny) == fast  # made once, then reused
     # Without llama.cpp's quantize tool, the server runs the packaged Q4_1 file.
     monkeypatch.setenv("VOXLOOP_HOME", str(tmp_path / "other"))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(server, "llama_server_binary", lambda: tmp_path / "bin" / "llama-server")
-    assert server.embedded_gguf() == server.smollm2_gguf()
-    assert not list((tmp_path / "other" / "models").iterdir())  # no half-written file left
+    assert server.embedded_gguf(tiny) == server.smollm2_gguf()
+    # No half-written file left (only the stamp that says the packaged file was checked).
+    assert [f.name for f in (tmp_path / "other" / "models").iterdir()] == [
+        "SmolLM2-135M-Instruct.Q4_1.gguf.verified"
+    ]
 
 
 def test_a_decoder_that_starts_the_utterance_over_is_cut_at_the_restart():

