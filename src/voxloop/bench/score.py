@@ -22,27 +22,34 @@ _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_
 
 
 def _numbers(words: list[str]) -> list[str]:
-    """Runs of number words become digits: "one hundred and five" -> "105"; "oh" alone stays."""
+    """Runs of number words become digits: "one hundred and five" -> "105", "twenty-one" ->
+    "21"; a digit said after a digit starts a new number ("five five" -> "5 5"); "oh" alone
+    stays a word."""
     out: list[str] = []
     total = current = 0
     run: list[str] = []
+    last = ""  # the kind of the previous number word: unit, tens or scale
 
     def flush() -> None:
-        nonlocal total, current, run
+        nonlocal total, current, run, last
         if run:
-            if run == ["oh"]:
-                out.append("oh")
-            else:
-                out.append(str(total + current))
+            out.append("oh" if run == ["oh"] else str(total + current))
         total = current = 0
         run = []
+        last = ""
 
     for i, word in enumerate(words):
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if word in _UNITS and not (word == "oh" and not run):
+            if last == "unit" or (last == "tens" and current % 10):
+                flush()
             current += _UNITS[word]
+            last = "unit"
         elif word in _TENS:
+            if last in ("unit", "tens"):
+                flush()
             current += _TENS[word]
+            last = "tens"
         elif word in _SCALES and (run or word == "hundred"):
             scale = _SCALES[word]
             if scale == 100:
@@ -50,6 +57,7 @@ def _numbers(words: list[str]) -> list[str]:
             else:
                 total += max(current, 1) * scale
                 current = 0
+            last = "scale"
         elif word == "and" and run and (nxt in _UNITS or nxt in _TENS):
             continue  # "one hundred and five"
         else:
