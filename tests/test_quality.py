@@ -262,3 +262,40 @@ def _spans(samples, rate: int = 16000, gap_s: float = 1.0) -> list[tuple[float, 
     starts = [loud[0], *loud[breaks + 1]]
     ends = [*loud[breaks], loud[-1]]
     return [(round(s / rate, 3), round(e / rate, 3)) for s, e in zip(starts, ends, strict=True)]
+
+
+async def test_replies_do_not_loop_with_the_servers_own_repetition_controls(llm_server):
+    """SmolLM2 at temperature 0 repeats itself ("The most ridiculous joke ever" four times);
+    the repetition penalty and DRY voxloop sends llama.cpp by default stop that, and the
+    user's llm.extra_body can still turn them off."""
+    import collections
+    import re
+
+    from voxloop.llm.openai_http import OpenAIChat
+    from voxloop.settings import LlmSettings
+
+    prompts = ["Tell me a joke.", "What is a cat?", "What do bees make?"]
+
+    async def worst_repeat(settings: LlmSettings) -> int:
+        chat = OpenAIChat(llm_server, settings)
+        await chat.connect()
+        assert chat.engine == "llamacpp"
+        worst = 0
+        try:
+            for prompt in prompts:
+                messages = [
+                    {"role": "system", "content": Settings().system_prompt},
+                    {"role": "user", "content": prompt},
+                ]
+                reply = "".join([piece async for piece in chat.stream(messages)])
+                words = re.findall(r"[a-z']+", reply.lower())
+                counts = collections.Counter(tuple(words[i : i + 3]) for i in range(len(words) - 2))
+                worst = max(worst, *counts.values(), 0)
+        finally:
+            await chat.aclose()
+        return worst
+
+    plain = LlmSettings(temperature=0.0, max_tokens=96)
+    assert await worst_repeat(plain) <= 2
+    off = '{"repeat_penalty": 1.0, "dry_multiplier": 0.0}'
+    assert await worst_repeat(LlmSettings(temperature=0.0, max_tokens=96, extra_body=off)) >= 4
