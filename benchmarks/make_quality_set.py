@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from make_set import PEAK, RATE, SENTENCE_GAP_S, VOICED, Speaker, Voice, voiced_bounds
+from make_set import PEAK, RATE, VOICED, Speaker, Voice, build_recording
 
 from voxloop.audio.decode import load_audio, resample
 from voxloop.audio.speech import trim_silence
@@ -380,34 +380,10 @@ HUMAN: list[HumanClip] = [
 def build(
     speaker: Speaker, voice: Voice, turns: list[str], gap_s: float = TURN_GAP_S, tail_s: float = TAIL_S
 ) -> tuple[np.ndarray, list[dict[str, object]]]:
-    """make_set.build_recording with this set's gaps: one recording at 16 kHz and, for each
-    turn, its text and voiced start/end in seconds. A turn of several sentences is split on
-    ". " and joined with make_set's sentence gap."""
-    parts: list[np.ndarray] = [np.zeros(int(LEAD_S * RATE), np.float32)]
-    position = len(parts[0])
-    placed: list[dict[str, object]] = []
-    for i, text in enumerate(turns):
-        if i:
-            parts.append(np.zeros(int(gap_s * RATE), np.float32))
-            position += len(parts[-1])
-        pieces: list[np.ndarray] = []
-        for j, sentence in enumerate(s for s in text.replace(". ", ".\n").split("\n") if s):
-            if j:
-                pieces.append(np.zeros(int(SENTENCE_GAP_S * RATE), np.float32))
-            pieces.append(speaker.sentence(voice, sentence))
-        turn = np.concatenate(pieces)
-        first, last = voiced_bounds(turn)
-        placed.append(
-            {
-                "text": text,
-                "start_s": round((position + first) / RATE, 3),
-                "end_s": round((position + last) / RATE, 3),
-            }
-        )
-        parts.append(turn)
-        position += len(turn)
-    parts.append(np.zeros(int(tail_s * RATE), np.float32))
-    return np.concatenate(parts), placed
+    """make_set.build_recording with this set's gaps: a turn of several sentences is split on
+    ". " (and joined with make_set's sentence gap)."""
+    sentences = [tuple(s for s in text.replace(". ", ".\n").split("\n") if s) for text in turns]
+    return build_recording(speaker, voice, sentences, lead_s=LEAD_S, gap_s=gap_s, tail_s=tail_s)
 
 
 def assign_voices(groups: list[str]) -> list[QualityVoice]:

@@ -185,15 +185,20 @@ def voiced_bounds(samples: np.ndarray) -> tuple[int, int]:
 
 
 def build_recording(
-    speaker: Speaker, voice: Voice, turns: list[tuple[str, ...]]
+    speaker: Speaker,
+    voice: Voice,
+    turns: list[tuple[str, ...]],
+    lead_s: float = LEAD_S,
+    gap_s: float = TURN_GAP_S,
+    tail_s: float = TAIL_S,
 ) -> tuple[np.ndarray, list[dict[str, object]]]:
     """One conversation at 16 kHz and, for each turn, its text and voiced start/end in seconds."""
-    parts: list[np.ndarray] = [np.zeros(int(LEAD_S * RATE), np.float32)]
+    parts: list[np.ndarray] = [np.zeros(int(lead_s * RATE), np.float32)]
     position = len(parts[0])
     placed: list[dict[str, object]] = []
     for i, sentences in enumerate(turns):
         if i:
-            parts.append(np.zeros(int(TURN_GAP_S * RATE), np.float32))
+            parts.append(np.zeros(int(gap_s * RATE), np.float32))
             position += len(parts[-1])
         pieces: list[np.ndarray] = []
         for j, text in enumerate(sentences):
@@ -211,7 +216,7 @@ def build_recording(
         )
         parts.append(turn)
         position += len(turn)
-    parts.append(np.zeros(int(TAIL_S * RATE), np.float32))
+    parts.append(np.zeros(int(tail_s * RATE), np.float32))
     return np.concatenate(parts), placed
 
 

@@ -33,6 +33,16 @@ def _done(run) -> list[dict]:
     return [e for e in run.events() if e["type"] == "turn_done"]
 
 
+def _default_chat(voxloop, wav: Path) -> list[dict]:
+    """The finished turns of `voxloop chat` on ``wav`` in real time, on the default preset."""
+    run = voxloop(
+        "chat", "--input", str(wav), "--no-speak", "--json", "--realtime",
+        extra_env={"VOXLOOP_LLM_PRESET": DEFAULT},
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    return _done(run)
+
+
 # -- scoring (the bench's rules) ------------------------------------------------------------
 def test_numbers_and_words_score_alike():
     assert normalize("A spider has eight legs.") == "a spider has 8 legs"
@@ -159,13 +169,9 @@ def test_doctor_lists_every_preset_and_the_one_in_use(voxloop):
 
 # -- the default model, through the real pipeline -------------------------------------------
 def test_the_default_model_answers_simple_spoken_questions_right(speech, voxloop):
-    wav = speech([q for q, _ in QUESTIONS], name="five-questions.wav", turn_gap_s=7.0)
-    run = voxloop(
-        "chat", "--input", str(wav), "--no-speak", "--json", "--realtime",
-        extra_env={"VOXLOOP_LLM_PRESET": DEFAULT},
-    )  # fmt: skip
-    assert run.code == 0, run.err
-    done = _done(run)
+    done = _default_chat(
+        voxloop, speech([q for q, _ in QUESTIONS], name="five-questions.wav", turn_gap_s=7.0)
+    )
     assert len(done) == len(QUESTIONS), [d["user"] for d in done]
     right = [holds_answer(d["assistant"], answer) for d, (_, answer) in zip(done, QUESTIONS, strict=True)]
     report = json.dumps([(d["user"], d["assistant"]) for d in done], indent=1)
@@ -178,12 +184,7 @@ def test_the_default_model_remembers_a_name_two_turns_later(speech, voxloop):
         name="memory.wav",
         turn_gap_s=7.0,
     )
-    run = voxloop(
-        "chat", "--input", str(wav), "--no-speak", "--json", "--realtime",
-        extra_env={"VOXLOOP_LLM_PRESET": DEFAULT},
-    )  # fmt: skip
-    assert run.code == 0, run.err
-    done = _done(run)
+    done = _default_chat(voxloop, wav)
     assert len(done) == 3, [d["user"] for d in done]
     assert wer("What is my name?", done[2]["user"]) <= 0.25
     assert holds_answer(done[1]["assistant"], [["rome"]]), done[1]
