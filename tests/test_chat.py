@@ -229,3 +229,29 @@ async def test_prefill_leaves_system_prompt_and_history_in_the_servers_cache(llm
     finally:
         await chat.aclose()
     assert warm_n >= cold_n + 25, (cold_n, warm_n)
+
+
+async def test_a_long_conversation_stays_in_the_servers_prompt_cache(llm_server):
+    """Turn after turn of a conversation longer than the context, the server finds the history
+    already read and reads only the newest exchange: the history is trimmed in one go now and
+    then, not by one exchange every turn (which moved its beginning and emptied the cache)."""
+    import uuid
+
+    import httpx
+
+    from voxloop.conversation import Conversation
+
+    conv = Conversation(f"You are a helpful assistant for session {uuid.uuid4().hex}.")
+    read: list[int] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for i in range(40):
+            # A context of 700 tokens fills after ~12 exchanges: trimmed 3-4 times in 40 turns.
+            messages = conv.request(f"Question number {i}: what is {i} plus {i}?", 700, 32)
+            body = {"messages": messages, "max_tokens": 1, "temperature": 0}
+            response = await client.post(llm_server + "/chat/completions", json=body)
+            read.append(int(response.json()["timings"]["prompt_n"]))
+            conv.add(f"Question number {i}: what is {i} plus {i}?", f"{i} plus {i} is {2 * i}. " * 3)
+    # Only the turns right after a trim read the whole history again; the rest read one exchange.
+    full = [n for n in read[1:] if n > 80]
+    assert len(full) <= 6, read
+    assert sorted(read[1:])[len(read) // 2] < 80, read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from voxloop.audio.sink import NullSink
-from voxloop.conversation import Conversation
+from voxloop.conversation import Conversation, estimate_tokens
 from voxloop.errors import (
     ConfigError,
     LLMContextOverflowError,
@@ -163,6 +164,27 @@ def test_history_trimmed_from_oldest_never_the_system_prompt():
     assert messages[-2]["content"].startswith("answer 49")
     assert messages[1]["role"] == "user"  # pairs stay whole
     assert all(not m["content"].startswith("question 0 ") for m in messages)
+
+
+def test_a_trimmed_history_keeps_the_same_beginning_for_many_turns():
+    """The server's prompt cache only reuses an unchanged beginning: trimming one exchange a
+    turn would make it read the whole history again on every turn of a long conversation."""
+    conv = Conversation("SYSTEM")
+    starts: list[str] = []
+    for i in range(120):
+        messages = conv.request(f"question {i}", context_tokens=1000, reply_tokens=100)
+        assert messages[0]["content"] == "SYSTEM" and messages[-1]["content"] == f"question {i}"
+        assert estimate_tokens(messages) <= 900  # always room for the reply
+        starts.append(messages[1]["content"] if len(messages) > 2 else "")
+        conv.add(f"question {i} " + "x" * 60, f"answer {i} " + "y" * 60)
+    # The history's first message changed only when it filled up: a few times in 120 turns.
+    changes = sum(a != b for a, b in itertools.pairwise(starts))
+    assert 3 <= changes <= 20, changes
+    # After a trim, half the room is left, and the newest exchanges are kept.
+    assert starts[-1].startswith("question 1")
+    # A retry after the server overflowed keeps only the newest exchange, from then on.
+    assert len(conv.request("again", 1000, 100, drop_oldest=len(conv.exchanges) - 1)) == 4
+    assert len(conv.request("next", 1000, 100)) == 4
 
 
 # -- the OpenAI client against canned HTTP answers ---------------------------------------------

@@ -152,6 +152,10 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: heard, answered right, memory and latency per configuration (benchmarks/quality)",
     )  # fmt: skip
     bench.add_argument(
+        "--turns", type=int, metavar="N",
+        help="instead: one conversation of N questions (a question every ~8 s), first audio per 10 turns",
+    )  # fmt: skip
+    bench.add_argument(
         "--presets", metavar="NAME,NAME,…",
         help="with --quality: the embedded presets to compare in one run (e.g. tiny,small,base)",
     )  # fmt: skip
@@ -304,6 +308,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_load(args, settings)
     if args.quality:
         return _bench_quality(args, settings)
+    if args.turns:
+        return _bench_long(args, settings)
     folder = (
         Path(args.set)
         if args.set
@@ -355,6 +361,21 @@ def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(results, default=str) if settings.output.json else quality_table(results))
     if args.plot:
         printer.info(f"plot: {plot_quality(results, Path(args.plot))}")
+    return 0
+
+
+def _bench_long(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import llm_urls
+    from voxloop.bench.long import long_table, run_long
+    from voxloop.bench.quality import DEFAULT_QUALITY_SET
+    from voxloop.printer import HumanPrinter
+
+    local = Path("benchmarks/quality")
+    folder = Path(args.set) if args.set else (local if local.is_dir() else DEFAULT_QUALITY_SET)
+    printer = HumanPrinter()
+    with llm_urls(settings, printer) as urls:
+        result = run_long(settings, urls[0], folder, args.turns, printer.info)
+    print(json.dumps(result, default=str) if settings.output.json else long_table(result))
     return 0
 
 

@@ -28,37 +28,50 @@ class Exchange:
 
 class Conversation:
     """System prompt plus the answered turns; failed turns are never sent (they would break the
-    user/assistant alternation that chat templates such as Mistral's insist on)."""
+    user/assistant alternation that chat templates such as Mistral's insist on).
+
+    When the history outgrows the model's context, the oldest exchanges are dropped in one go,
+    down to half of what fits (``KEEP_AFTER_TRIM``), and the history then starts at the same
+    exchange until it fills up again. Dropping one exchange a turn would change the start of
+    the history on every turn, and the server's prompt cache, which only reuses an unchanged
+    beginning, would have to read the whole history again each time (seconds on a CPU).
+    """
+
+    KEEP_AFTER_TRIM = 0.5
 
     def __init__(self, system_prompt: str) -> None:
         self.system_prompt = system_prompt
         self.exchanges: list[Exchange] = []
+        self._first = 0  # the oldest exchange still sent
 
     def request(
         self, user_text: str, context_tokens: int, reply_tokens: int, drop_oldest: int = 0
     ) -> list[Message]:
-        """Messages for the next reply: the system prompt always, then as many of the most recent
-        exchanges as fit in ``context_tokens`` with room for the reply, then the new user turn.
-        ``drop_oldest`` removes more old exchanges (a retry after the server said it overflowed).
+        """Messages for the next reply: the system prompt always, then the exchanges from the
+        current start of the history (see the class), then the new user turn.
+        ``drop_oldest``: the history starts at that exchange or later from now on (a retry after
+        the server said it overflowed: the estimate was off for this model).
         """
         head: list[Message] = (
             [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         )
         tail: list[Message] = [{"role": "user", "content": user_text}]
         budget = context_tokens - reply_tokens - estimate_tokens(head + tail)
-        history: list[Message] = []
-        kept = self.exchanges[drop_oldest:] if drop_oldest else self.exchanges
-        for ex in reversed(kept):
-            pair: list[Message] = [
-                {"role": "user", "content": ex.user},
-                {"role": "assistant", "content": ex.assistant},
-            ]
-            cost = estimate_tokens(pair)
-            if cost > budget:
-                break
-            budget -= cost
-            history[:0] = pair
+        self._first = min(len(self.exchanges), max(self._first, drop_oldest))
+        costs = [estimate_tokens(self._pair(ex)) for ex in self.exchanges]
+        if sum(costs[self._first :]) > budget:
+            # Full: start again from the newest exchanges that fill half of it (or fewer).
+            kept, first = 0, len(self.exchanges)
+            while first > 0 and kept + costs[first - 1] <= budget * self.KEEP_AFTER_TRIM:
+                first -= 1
+                kept += costs[first]
+            self._first = max(self._first, first)
+        history = [m for ex in self.exchanges[self._first :] for m in self._pair(ex)]
         return head + history + tail
+
+    @staticmethod
+    def _pair(ex: Exchange) -> list[Message]:
+        return [{"role": "user", "content": ex.user}, {"role": "assistant", "content": ex.assistant}]
 
     def add(self, user: str, assistant: str) -> None:
         self.exchanges.append(Exchange(user, assistant))
