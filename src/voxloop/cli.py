@@ -299,6 +299,12 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_set(args: argparse.Namespace, name: str, installed: Path) -> Path:
+    """--set, else ``benchmarks/<name>`` in the current folder (a checkout), else the installed one."""
+    local = Path("benchmarks") / name
+    return Path(args.set) if args.set else (local if local.is_dir() else installed)
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import llm_urls
     from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
@@ -310,11 +316,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_quality(args, settings)
     if args.turns:
         return _bench_long(args, settings)
-    folder = (
-        Path(args.set)
-        if args.set
-        else (Path("benchmarks/set") if Path("benchmarks/set").is_dir() else DEFAULT_SET)
-    )
+    folder = _bench_set(args, "set", DEFAULT_SET)
     if args.sessions:
         return _bench_sessions(args, settings, folder)
     printer = HumanPrinter()
@@ -342,19 +344,13 @@ def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
         quality_table,
         run_quality,
     )
-    from voxloop.errors import ConfigError
-    from voxloop.llm.models import PRESETS
     from voxloop.printer import HumanPrinter
 
-    local = Path("benchmarks/quality")
-    folder = Path(args.set) if args.set else (local if local.is_dir() else DEFAULT_QUALITY_SET)
+    folder = _bench_set(args, "quality", DEFAULT_QUALITY_SET)
     if settings.llm.urls:
         configs = [Config(url, settings, url) for url in settings.llm.urls]
-    else:
+    else:  # an unknown name is a ConfigError from the settings, naming the presets
         names = [n.strip() for n in (args.presets or settings.llm.preset).split(",") if n.strip()]
-        unknown = [n for n in names if n not in PRESETS]
-        if unknown or not names:
-            raise ConfigError(f"--presets takes names from {', '.join(PRESETS)} (got {args.presets!r}).")
         configs = preset_configs(settings, names)
     printer = HumanPrinter()
     results = run_quality(configs, folder, args.limit, printer.info)
@@ -370,8 +366,7 @@ def _bench_long(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.bench.quality import DEFAULT_QUALITY_SET
     from voxloop.printer import HumanPrinter
 
-    local = Path("benchmarks/quality")
-    folder = Path(args.set) if args.set else (local if local.is_dir() else DEFAULT_QUALITY_SET)
+    folder = _bench_set(args, "quality", DEFAULT_QUALITY_SET)
     printer = HumanPrinter()
     with llm_urls(settings, printer) as urls:
         result = run_long(settings, urls[0], folder, args.turns, printer.info)

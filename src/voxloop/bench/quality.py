@@ -81,9 +81,10 @@ def _server(config: Config, say: Callable[[str], None]) -> Iterator[str]:
         yield server.url
 
 
-async def tokens_per_second(url: str, settings: Settings) -> dict[str, float]:
-    """Generation and prompt speed from one fixed request: the server's own timings where it
-    gives them (llama.cpp), else completion tokens over wall time."""
+async def server_speed(url: str, settings: Settings) -> dict[str, Any]:
+    """The model the server serves, and its generation and prompt speed from one fixed request:
+    the server's own timings where it gives them (llama.cpp), else completion tokens over wall
+    time."""
     chat = OpenAIChat(url, settings.llm)
     await chat.connect()
     await chat.aclose()
@@ -106,11 +107,16 @@ async def tokens_per_second(url: str, settings: Settings) -> dict[str, float]:
     timings = data.get("timings") or {}
     if "predicted_per_second" in timings:
         return {
+            "model": chat.model,
             "gen_tok_s": float(timings["predicted_per_second"]),
             "prompt_tok_s": float(timings.get("prompt_per_second", float("nan"))),
         }
     tokens = (data.get("usage") or {}).get("completion_tokens", 0)
-    return {"gen_tok_s": tokens / wall if wall else float("nan"), "prompt_tok_s": float("nan")}
+    return {
+        "model": chat.model,
+        "gen_tok_s": tokens / wall if wall else float("nan"),
+        "prompt_tok_s": float("nan"),
+    }
 
 
 def _turns(config: str, rec: dict[str, Any], done: list[Any]) -> list[QualityTurn]:
@@ -139,25 +145,26 @@ def _turns(config: str, rec: dict[str, Any], done: list[Any]) -> list[QualityTur
 
 async def _run_config(
     bench: Bench, config: Config, recordings: list[dict[str, Any]], folder: Path, say: Callable[[str], None]
-) -> tuple[list[QualityTurn], dict[str, float]]:
-    speed = await tokens_per_second(bench.url, config.settings)
+) -> tuple[list[QualityTurn], dict[str, Any]]:
+    server = await server_speed(bench.url, config.settings)
     turns: list[QualityTurn] = []
     for n, rec in enumerate(recordings, 1):
         samples = load_audio(folder / rec["file"])
         say(f"{config.name}: {n}/{len(recordings)} {rec['file']} ({rec.get('voice', '')})")
         done = await bench.voxloop(rec["file"], samples, rec["turns"])
         turns += _turns(config.name, rec, done)
-    return turns, speed
+    return turns, server
 
 
-def summarize(turns: list[QualityTurn], speed: dict[str, float], model: str) -> dict[str, Any]:
+def summarize(turns: list[QualityTurn], server: dict[str, Any]) -> dict[str, Any]:
+    """One configuration's figures; ``server`` is :func:`server_speed`'s (the model, tokens/s)."""
     heard = [t for t in turns if t.wer is not None and t.wer <= HEARD_WER]
     scored = [t for t in turns if t.scored]
     heard_scored = [t for t in scored if t.wer is not None and t.wer <= HEARD_WER]
     memory = [t for t in turns if t.memory]
     latencies = [t.latency_ms for t in turns if t.latency_ms is not None]
     return {
-        "model": model,
+        **server,
         "turns": len(turns),
         "heard": len(heard),
         "scored": len(scored),
@@ -169,7 +176,6 @@ def summarize(turns: list[QualityTurn], speed: dict[str, float], model: str) -> 
         "latency_p50_ms": percentile(latencies, 0.5),
         "latency_p95_ms": percentile(latencies, 0.95),
         "replied": len(latencies),
-        **speed,
     }
 
 
@@ -208,26 +214,13 @@ def run_quality(
             with _server(config, say) as url:
                 bench.url = url
                 bench.settings = config.settings
-                model_name = _served_model(url, config.settings)
-                turns, speed = asyncio.run(_run_config(bench, config, recordings, folder, say))
-            results["configs"][config.name] = summarize(turns, speed, model_name)
+                turns, server = asyncio.run(_run_config(bench, config, recordings, folder, say))
+            results["configs"][config.name] = summarize(turns, server)
             results["turns"] += [asdict(t) for t in turns]
     finally:
         if bench.interim is not None:
             bench.interim.close()
     return results
-
-
-def _served_model(url: str, settings: Settings) -> str:
-    async def name() -> str:
-        chat = OpenAIChat(url, settings.llm)
-        try:
-            await chat.connect()
-            return chat.model
-        finally:
-            await chat.aclose()
-
-    return asyncio.run(name())
 
 
 def preset_configs(settings: Settings, names: list[str]) -> list[Config]:

