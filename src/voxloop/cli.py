@@ -32,8 +32,12 @@ def _stt_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stt-model",
         metavar="NAME|DIR",
-        help="faster-whisper model folder (default: bundled tiny.en)",
+        help="bundled tiny.en (default, English) or base (multilingual), or a faster-whisper model folder",
     )
+    p.add_argument(
+        "--language", metavar="CODE",
+        help="what the user speaks: en (default), de, fr, ... or '' to detect it (needs --stt-model base)",
+    )  # fmt: skip
     p.add_argument(
         "--stt-allow-download", action="store_true", default=None,
         help="allow --stt-model to be a model name fetched from the Hugging Face hub",
@@ -156,6 +160,15 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: one conversation of N questions (a question every ~8 s), first audio per 10 turns",
     )  # fmt: skip
     bench.add_argument(
+        "--stt", metavar="MODEL,MODEL,…",
+        help="instead: WER and time of Whisper models (e.g. tiny.en,base) on benchmarks/quality's turns",
+    )  # fmt: skip
+    bench.add_argument("--beams", default="1", metavar="N,N,…", help="with --stt: beam sizes (default 1)")
+    bench.add_argument(
+        "--decoders", default="window", metavar="window,30s",
+        help="with --stt: voxloop's short encoder windows and/or Whisper's own 30 s (default window)",
+    )  # fmt: skip
+    bench.add_argument(
         "--presets", metavar="NAME,NAME,…",
         help="with --quality: the embedded presets to compare in one run (e.g. tiny,small,base)",
     )  # fmt: skip
@@ -198,6 +211,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "port": ("llm", "port"),
         "stt_model": ("stt", "model"),
         "stt_allow_download": ("stt", "allow_download"),
+        "language": ("stt", "language"),
         "vad": ("vad", "engine"),
         "end_silence_ms": ("vad", "end_silence_ms"),
         "voice": ("tts", "voice"),
@@ -316,6 +330,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_quality(args, settings)
     if args.turns:
         return _bench_long(args, settings)
+    if args.stt:
+        return _bench_stt(args, settings)
     folder = _bench_set(args, "set", DEFAULT_SET)
     if args.sessions:
         return _bench_sessions(args, settings, folder)
@@ -360,6 +376,22 @@ def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_stt(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.bench.quality import DEFAULT_QUALITY_SET
+    from voxloop.bench.stt import configs, run_stt, stt_table
+    from voxloop.printer import HumanPrinter
+
+    def names(text: str) -> list[str]:
+        return [n.strip() for n in text.split(",") if n.strip()]
+
+    beams = _levels(args.beams, "--beams")
+    folder = _bench_set(args, "quality", DEFAULT_QUALITY_SET)
+    chosen = configs(settings.stt, names(args.stt), beams, names(args.decoders))
+    results = run_stt(chosen, folder, args.limit, HumanPrinter().info)
+    print(json.dumps(results, default=str) if settings.output.json else stt_table(results))
+    return 0
+
+
 def _bench_long(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import llm_urls
     from voxloop.bench.long import long_table, run_long
@@ -382,7 +414,7 @@ def _levels(text: str, flag: str) -> list[int]:
     except ValueError:
         levels = []
     if not levels or min(levels) < 1:
-        raise ConfigError(f"{flag} takes numbers of conversations like 1,2,4,8 (got {text!r}).")
+        raise ConfigError(f"{flag} takes whole numbers like 1,2,4,8 (got {text!r}).")
     return levels
 
 

