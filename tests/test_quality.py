@@ -300,3 +300,35 @@ async def test_replies_do_not_loop_with_the_servers_own_repetition_controls(llm_
     assert await worst_repeat(plain) <= 2
     off = '{"repeat_penalty": 1.0, "dry_multiplier": 0.0}'
     assert await worst_repeat(LlmSettings(temperature=0.0, max_tokens=96, extra_body=off)) >= 4
+
+
+def test_the_prebuilt_xllamacpp_runtime_answers_like_the_source_build(speech, voxloop):
+    """The same llama.cpp server from the xllamacpp wheel (installed in seconds, no build)."""
+    run = voxloop(
+        "chat", "--input", str(speech(["What is the capital of France?"])), "--no-speak", "--json",
+        extra_env={"VOXLOOP_LLM_PRESET": DEFAULT, "VOXLOOP_LLM_RUNTIME": "xllamacpp"},
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert "Starting the embedded LLM (xllamacpp, " in run.err
+    done = _done(run)
+    assert len(done) == 1 and holds_answer(done[0]["assistant"], [["paris"]]), done
+
+
+def test_the_runtime_is_the_source_build_when_there_is_one_else_the_wheel(monkeypatch, tmp_path):
+    import sys
+
+    from voxloop.llm import server
+
+    binary = tmp_path / "llama-server"
+    monkeypatch.setattr(server, "llama_server_binary", lambda: binary)
+    assert server.llama_server_command("auto") == [str(binary)]
+    assert server.llama_server_command("llama-server") == [str(binary)]
+    assert server.llama_server_command("xllamacpp") == [sys.executable, "-m", "voxloop.llm.xllama"]
+
+    def missing() -> Path:
+        raise ModelNotFoundError("llama-server is not installed")
+
+    monkeypatch.setattr(server, "llama_server_binary", missing)
+    assert server.llama_server_command("auto") == [sys.executable, "-m", "voxloop.llm.xllama"]
+    with pytest.raises(ModelNotFoundError):
+        server.llama_server_command("llama-server")

@@ -85,7 +85,7 @@ def _guarded(name: str, probe: Callable[[], str], fix: str = "") -> Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     from voxloop.llm.openai_http import normalize_url
-    from voxloop.llm.server import answers, llama_server_binary, read_state
+    from voxloop.llm.server import answers, llama_server_command, read_state
     from voxloop.stt.models import bundled
     from voxloop.stt.whisper import resolve_model
     from voxloop.tts.hibari_tts import voice_model
@@ -121,7 +121,9 @@ def run_checks(settings: Settings) -> list[Check]:
             )
     else:
         checks.extend(_presets(settings))
-        checks.append(_guarded("llama-server", lambda: str(llama_server_binary())))
+        checks.append(
+            _guarded("llama.cpp server", lambda: " ".join(llama_server_command(settings.llm.runtime)))
+        )
         running = read_state()
         checks.append(
             Check(

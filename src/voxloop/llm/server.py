@@ -60,7 +60,11 @@ def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) 
         )
     path = models.ready(p, models.bar(label="  joining" if p.joined else "  checking"))
     if p.name == "tiny":
-        return models.smollm2_fast(path, llama_server_binary().parent / "llama-quantize")
+        try:
+            quantize = llama_server_binary().parent / "llama-quantize"
+        except ModelNotFoundError:  # the xllamacpp wheel has no quantize tool: Q4_1 is served
+            quantize = Path("llama-quantize")
+        return models.smollm2_fast(path, quantize)
     return path
 
 
@@ -82,8 +86,29 @@ def llama_server_binary() -> Path:
         return Path(found)
     raise ModelNotFoundError(
         "llama.cpp's llama-server is not installed. Run: pip install 'voxloop[llamacpp]' "
-        "(builds it from source, a few minutes), or pass --llm-url to use another server."
+        "(builds it from source, a few minutes), pip install 'voxloop[xllamacpp]' (a prebuilt "
+        "wheel, seconds), or pass --llm-url to use another server."
     )
+
+
+def llama_server_command(runtime: str = "auto") -> list[str]:
+    """The command that runs llama.cpp's server: the source-built binary, or the same server
+    from the xllamacpp wheel in a child Python (:mod:`voxloop.llm.xllama`)."""
+    wheel = [sys.executable, "-m", "voxloop.llm.xllama"]
+    has_wheel = importlib.util.find_spec("xllamacpp") is not None
+    if runtime == "xllamacpp":
+        if not has_wheel:
+            raise ModelNotFoundError(
+                "The xllamacpp runtime is not installed. Run: pip install 'voxloop[xllamacpp]', "
+                'or set [llm] runtime = "auto".'
+            )
+        return wheel
+    if runtime == "auto" and has_wheel:
+        try:
+            return [str(llama_server_binary())]
+        except ModelNotFoundError:
+            return wheel
+    return [str(llama_server_binary())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +211,7 @@ def llamacpp_launch(
     if not gguf.is_file():
         raise ModelNotFoundError(f"LLM model file {gguf} does not exist. Pass a GGUF file to --model.")
     cmd = [
-        str(llama_server_binary()),
+        *llama_server_command(settings.runtime),
         "--model", str(gguf),
         "--host", "127.0.0.1",
         "--port", str(port),
@@ -395,7 +420,10 @@ def embedded_server(
             f"{wanted}; starting another one for this conversation."
         )
     title = Path(settings.gguf).name if settings.gguf else models.preset(settings.preset).title
-    announce(f"Starting the embedded LLM (llama.cpp, {title}) for this conversation…")
+    wheel = llama_server_command(settings.runtime)[0] == sys.executable
+    announce(
+        f"Starting the embedded LLM ({'xllamacpp' if wheel else 'llama.cpp'}, {title}) for this conversation…"
+    )
     info, proc = start_server(settings, detach=False)
     server = EmbeddedServer(settings, info.url, proc)
     try:
