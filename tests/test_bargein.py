@@ -5,21 +5,29 @@ microphone (simulated room echo) must not trigger it when echo cancellation is o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
 
 from conftest import cer
 from voxloop.audio.aec import make_echo_canceller
-from voxloop.audio.sink import VirtualSpeaker
+from voxloop.audio.sink import NullSink, VirtualSpeaker
 from voxloop.audio.sources import EchoSource
 from voxloop.audio.speech import spoken_turns
-from voxloop.events import Interrupted, SpeechStarted, TurnDone
+from voxloop.conversation import Conversation
+from voxloop.events import Event, Interrupted, SpeechEnded, SpeechStarted, TurnDone
 from voxloop.llm import Message
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
+from voxloop.reply import Models, ReplyJob
 from voxloop.settings import LlmSettings, Settings, VadSettings
 from voxloop.vad.endpointer import SileroEndpointer
 
@@ -277,3 +285,305 @@ def test_the_speaker_plays_silence_while_paused_and_goes_on_with_the_next_block(
     speaker.flush()  # a barge-in drops the rest and ends the pause
     asyncio.run(speaker.play(np.full(4, 0.5, np.float32)))
     assert stream.pull().tolist() == [0.5] * 4 and speaker.played_total == 12
+
+
+# -- a TTS that lags behind a fast LLM (fakes only) -----------------------------------------------
+# A GPU LLM streams short sentences faster than a CPU TTS voices them, so a backlog of sentences
+# waits for the TTS thread. Calling the reply off must drop that backlog at once: nothing of it is
+# voiced or played, and the caller (the loop that feeds the VAD) is not held up while it would be.
+FACTS = [f"This is fact number {i}." for i in range(40)]
+TTS_S = 0.05  # per piece
+QUICK_S = 0.15  # "at once", with room for a loaded 2-core box; one piece of the backlog is 0.05 s
+
+
+class FastChat(StoryChat):
+    """A fast LLM: forty short sentences, one every 10 ms; counts streams closed before the end."""
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        finished = False
+        try:
+            for fact in FACTS:
+                await asyncio.sleep(0.01)
+                yield fact + " "
+            finished = True
+        finally:
+            self.closed_early += not finished
+
+
+class LaggingSynth:
+    """A CPU TTS: 50 ms a piece on the TTS thread; notes each piece it starts."""
+
+    sample_rate = 24000
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def synthesize(self, text: str) -> np.ndarray:
+        self.started.append(text)
+        time.sleep(TTS_S)
+        return np.full(2400, 0.1, np.float32)
+
+
+class RecordingSink(NullSink):
+    """Plays instantly; records when each piece was played and when playback was flushed, and
+    wakes a waiter once ``wait_for`` pieces have played."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.played_at: list[float] = []
+        self.flushed_at: list[float] = []
+        self._want = 0
+        self._enough = asyncio.Event()
+
+    async def play(self, samples: np.ndarray) -> None:
+        await super().play(samples)
+        self.played_at.append(time.perf_counter())
+        if self._want and len(self.played_at) >= self._want:
+            self._enough.set()
+
+    def flush(self) -> None:
+        self.flushed_at.append(time.perf_counter())
+
+    async def wait_for(self, pieces: int) -> None:
+        self._want = pieces
+        if len(self.played_at) < pieces:
+            await self._enough.wait()
+
+    def after_flush(self) -> int:
+        """Pieces played after the (one) flush: a barge-in that kept talking."""
+        assert len(self.flushed_at) == 1, self.flushed_at
+        return sum(t > self.flushed_at[0] for t in self.played_at)
+
+
+class Words:
+    """A transcriber that hears the given turns, one per utterance."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+
+    def transcribe(self, audio: np.ndarray, stop: Any = None) -> str:
+        return self.texts.pop(0)
+
+
+def _utterance(end_s: float, final: bool = True) -> SpeechEnded:
+    return SpeechEnded(
+        audio=np.zeros(1600, np.float32), start_s=0.0, end_s=end_s, endpoint_at_s=end_s + 0.01, final=final
+    )
+
+
+@pytest.fixture
+def threads() -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
+    """One STT and one TTS thread, as a conversation of its own has."""
+    with ThreadPoolExecutor(1) as stt, ThreadPoolExecutor(1) as tts:
+        yield stt, tts
+
+
+def _reply(
+    threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> tuple[ReplyJob, FastChat, LaggingSynth, RecordingSink, list[Event]]:
+    chat, synth, sink, emitted = FastChat(), LaggingSynth(), RecordingSink(), []
+    models = Models(Words("Tell me forty facts."), chat, synth, sink, *threads)
+    job = ReplyJob(models, Conversation(""), LlmSettings(), _utterance(1.0), emitted.append)
+    return job, chat, synth, sink, emitted
+
+
+async def test_a_barge_in_plays_nothing_after_the_flush_when_tts_lags(threads):
+    job, chat, synth, sink, _ = _reply(threads)
+    job.commit()
+    await sink.wait_for(2)
+    t0 = time.perf_counter()
+    spoken = await job.interrupt()
+    waited = time.perf_counter() - t0
+    voiced = len(synth.started)
+    await asyncio.sleep(0.3)  # a backlog left running would be heard by now
+    assert sink.after_flush() == 0, f"{sink.after_flush()} pieces played after the flush"
+    assert waited < QUICK_S, f"interrupt() waited {waited:.2f} s"
+    assert len(synth.started) == voiced  # nothing more was voiced once it returned
+    assert chat.closed_early == 1  # and generation stopped
+    # What was heard is what was played, and that is what the history keeps.
+    assert spoken == FACTS[: len(sink.played_at)] and len(spoken) >= 2
+    assert job.result.sentences == spoken
+    assert (await job.finish()).sentences == spoken
+
+
+async def test_calling_off_a_speculative_reply_does_not_wait_for_its_tts_backlog(threads):
+    job, chat, synth, sink, emitted = _reply(threads)  # never committed: the user went on
+    while len(job.result.sentences) < 12:  # ~10 sentences waiting for the TTS thread
+        await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    await job.cancel()
+    waited = time.perf_counter() - t0
+    voiced = len(synth.started)
+    await asyncio.sleep(0.2)
+    assert waited < QUICK_S, f"cancel() waited {waited:.2f} s for the TTS backlog"
+    assert len(synth.started) == voiced <= 4
+    assert chat.closed_early == 1
+    assert not sink.played_at and not emitted  # a speculative reply is neither shown nor heard
+
+
+async def test_a_reply_left_alone_speaks_every_piece_even_when_tts_lags(threads):
+    job, chat, synth, sink, emitted = _reply(threads)
+    job.commit()
+    result = await job.finish()
+    assert result.sentences == FACTS == synth.started
+    assert len(sink.played_at) == 40 and len(result.audio) == 40
+    assert job.queued_end == sink.queued_total and chat.closed_early == 0
+    assert [e.text for e in emitted if hasattr(e, "first")] == FACTS  # every AudioChunk, in order
+
+
+class ScriptedEndpointer:
+    """Reports what ``script`` says at each fed block, and notes when each block was fed."""
+
+    hearing = False
+
+    def __init__(self, script: dict[int, list[SpeechStarted | SpeechEnded]]) -> None:
+        self.script = script
+        self.fed_at: list[float] = []
+
+    def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
+        self.fed_at.append(time.perf_counter())
+        return self.script.get(len(self.fed_at) - 1, [])
+
+    def reset(self) -> None:
+        return None
+
+    def hint(self, complete: bool) -> None:
+        return None
+
+    def playback(self, playing: bool) -> None:
+        return None
+
+    def current_audio(self) -> np.ndarray | None:
+        return None
+
+    def longest_gap(self) -> float:
+        return float(np.diff(self.fed_at).max())
+
+
+class MicSource:
+    """A microphone in real time: 10 ms blocks of silence."""
+
+    sample_rate = 16000
+    live = False  # full duplex, as on a socket
+    started_at: float | None = None
+
+    def __init__(self, blocks: int) -> None:
+        self.n = blocks
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        self.started_at = time.perf_counter()
+        for _ in range(self.n):
+            yield np.zeros(160, np.float32)
+            await asyncio.sleep(0.01)
+
+    def discard_pending(self) -> None:
+        return None
+
+
+async def test_the_vad_is_fed_throughout_a_called_off_reply_and_a_barge_in():
+    """The user pauses (a speculative reply starts), goes on (it is called off), ends the turn,
+    then talks over the reply: each time with a backlog of sentences waiting for the TTS."""
+    endpointer = ScriptedEndpointer(
+        {
+            2: [SpeechStarted(at_s=0.0), _utterance(0.02, final=False)],
+            20: [SpeechStarted(at_s=0.2, resumed=True)],
+            25: [_utterance(0.25)],
+            45: [SpeechStarted(at_s=0.45)],
+        }
+    )
+    chat, sink, printer = FastChat(), RecordingSink(), CollectingPrinter()
+    words = Words("Tell me", "Tell me forty facts.")
+    assistant = Assistant(Settings(), words, chat, LaggingSynth(), sink, printer)
+    turns = await assistant.run(MicSource(70), endpointer)
+    assert endpointer.longest_gap() < QUICK_S, f"the VAD went unfed for {endpointer.longest_gap():.2f} s"
+    assert chat.closed_early == 2  # both replies' streams were closed
+    assert sink.played_at and sink.after_flush() == 0
+    assert [t.interrupted for t in turns] == [True]
+    cut = [e for e in printer.events if isinstance(e, Interrupted)]
+    assert len(cut) == 1 and cut[0].spoken.startswith(FACTS[0])
+    assert turns[0].assistant == cut[0].spoken  # the history keeps what was heard, no more
+
+
+# -- the same through `voxloop serve` ---------------------------------------------------------------
+@contextlib.contextmanager
+def _serving(state: Any) -> Iterator[str]:
+    """`voxloop serve`'s app on a free loopback port, in a thread with its own event loop."""
+    import uvicorn
+
+    from voxloop.server.app import build_app
+
+    server = uvicorn.Server(uvicorn.Config(build_app(state), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # uvicorn offers a flag, not an event
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        state.stt_pool.shutdown()
+        state.tts_pool.shutdown()
+
+
+async def test_an_interrupt_over_the_websocket_stops_the_reply_audio_when_tts_lags(monkeypatch):
+    """`voxloop serve` with its one shared TTS thread: after the client's interrupt, at most the
+    piece already on its way arrives (sent before the server read the interrupt), and nothing
+    after the ``interrupted`` event."""
+    websockets = pytest.importorskip("websockets")
+    from voxloop.server.app import ServerState
+
+    monkeypatch.setattr(
+        "voxloop.pipeline.make_endpointer",
+        lambda settings, rate: ScriptedEndpointer({3: [SpeechStarted(at_s=0.0), _utterance(0.06)]}),
+    )
+    chat = FastChat()
+    state = ServerState(Settings(), Words("Tell me forty facts."), chat, LaggingSynth())
+    pieces, after_request, after_event = 0, 0, 0
+    requested = interrupted = False
+    kinds: list[str] = []
+    spoken = done = ""
+    with _serving(state) as base:
+        async with websockets.connect(f"ws://{base}/ws", max_size=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+
+            async def microphone() -> None:  # 20 ms frames of silence, as the page sends
+                while True:
+                    await ws.send(b"\0" * 640)
+                    await asyncio.sleep(0.02)
+
+            mic = asyncio.create_task(microphone())
+            try:
+                while not {"interrupted", "metrics"} <= set(kinds):
+                    message = await asyncio.wait_for(ws.recv(), timeout=10)
+                    if isinstance(message, bytes):
+                        pieces += 1
+                        after_event += interrupted
+                        after_request += requested
+                        if pieces == 2 and not requested:
+                            await ws.send(json.dumps({"type": "interrupt"}))
+                            requested = True
+                        continue
+                    event = json.loads(message)
+                    kinds.append(event["type"])
+                    interrupted = interrupted or event["type"] == "interrupted"
+                    spoken = event.get("spoken", spoken)
+                    done = event.get("text", "") if event["type"] == "assistant_done" else done
+                with contextlib.suppress(asyncio.TimeoutError):
+                    while True:  # a backlog left running would go on arriving
+                        message = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                        after_event += isinstance(message, bytes)
+            finally:
+                mic.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await mic
+    assert interrupted
+    assert after_request <= 1, f"{after_request} pieces arrived after the interrupt was sent"
+    assert after_event == 0
+    assert chat.closed_early == 1
+    # The history keeps what the page had played by then (on its clock): part of the first piece.
+    assert done == (spoken or "…") and FACTS[1] not in done

@@ -185,7 +185,8 @@ def test_say_writes_speech_that_transcribes_back(voxloop, tmp_path, transcriber)
 def test_doctor_reports_models_and_devices(voxloop, llm_server):
     run = voxloop("doctor", "--llm-url", llm_server)
     assert run.code == 0, run.err
-    assert "ok      STT model" in run.out and "tiny" not in run.err
+    stt = next(line for line in run.out.splitlines() if "STT tiny.en" in line)
+    assert stt.startswith("ok") and "(in use)" in stt and "tiny" not in run.err
     assert "ok      LLM server" in run.out
     assert "problem microphone" in run.out  # this machine has no sound card
     embedded = voxloop("doctor")  # the tests' preset is tiny: SmolLM2, checked and re-packed

@@ -4,6 +4,11 @@ pauses and held back until the pause is known to be the end of the turn.
 A job started on a pause that turns out not to be the end (the user goes on) is cancelled: its
 LLM stream is closed, which stops generation on the server, and nothing of it was shown or
 played. A committed job releases what it held at once and streams the rest as it comes.
+
+A job owns its three tasks: the writer (STT, then the LLM stream cut into sentences), the speaker
+(TTS, one sentence after another) and the player (into the sink). Only the job cancels them, all
+at once: a fast LLM runs ahead of a CPU TTS, and a reply called off must drop that backlog, not
+voice and play it first while the caller (the loop that feeds the VAD) waits.
 """
 
 from __future__ import annotations
@@ -112,12 +117,15 @@ class ReplyJob:
         self.committed = False
         self._held: list[Event] = []
         self.transcribed = asyncio.Event()
+        self._sentences: asyncio.Queue[str | None] = asyncio.Queue()  # for the TTS, in order
         self._playback: asyncio.Queue[tuple[str, np.ndarray] | None] = asyncio.Queue()
         self._spans: list[tuple[str, int, int]] = []  # sentence, sink samples [start, end)
         self.interrupted = False
         self.cancelled = False  # read by the STT thread: a cancelled job skips its decoder
         self._player = asyncio.create_task(self._play())
-        self.task = asyncio.create_task(self._run())
+        self._speaker = asyncio.create_task(self._speak())
+        self.task = asyncio.create_task(self._run())  # done once every sentence is voiced
+        self._tasks = (self._player, self._speaker, self.task)  # children first
 
     # -- control --------------------------------------------------------------------------------
     def commit(self) -> None:
@@ -128,20 +136,18 @@ class ReplyJob:
             self._deliver(event)
 
     async def cancel(self) -> None:
-        """The user went on (or interrupted): stop, closing the LLM stream."""
-        self.cancelled = True
-        for task in (self.task, self._player):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """The user went on (or interrupted): stop everything at once, closing the LLM stream.
+        Sentences still waiting for the TTS are dropped, never voiced."""
+        self._stop()
+        await self._reap()
 
     async def interrupt(self) -> list[str]:
         """The user talked over this reply: stop it where it is heard; return what was said."""
         self.interrupted = True
+        self._stop()  # first: nothing more can reach the sink once it is flushed
         sink = self.models.sink
         sink.flush()
         heard = sink.played_total
-        await self.cancel()
         spoken = []
         for sentence, start, end in self._spans:
             if heard >= end:
@@ -152,8 +158,21 @@ class ReplyJob:
                 if cut:
                     spoken.append(" ".join(words[:cut]) + "…")
                 break
+        # Before any await: whoever waits on this job (the turn) wakes to what was heard.
         self.result.sentences = spoken
+        await self._reap()
         return spoken
+
+    def _stop(self) -> None:
+        self.cancelled = True
+        for task in self._tasks:
+            task.cancel()
+
+    async def _reap(self) -> None:
+        """Wait for the tasks to end (at once, once cancelled); raise what one of them failed with."""
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome
 
     @property
     def queued_end(self) -> int:
@@ -163,14 +182,16 @@ class ReplyJob:
     async def finish(self) -> ReplyResult:
         """Wait for the reply to be complete and queued for playback (or interrupted)."""
         try:
-            result = await self.task
-        except asyncio.CancelledError:
-            if not self.interrupted:
+            await self.task
+            self._playback.put_nowait(None)
+            await self._player
+        except (Exception, asyncio.CancelledError) as exc:
+            # Interrupted, failed, or called off from outside: what is left of it stops now.
+            self._stop()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not (self.interrupted and isinstance(exc, asyncio.CancelledError)):
                 raise
-            return self.result
-        self._playback.put_nowait(None)
-        await self._player
-        return result
+        return self.result
 
     async def _play(self) -> None:
         sink = self.models.sink
@@ -193,6 +214,13 @@ class ReplyJob:
 
     # -- the work -------------------------------------------------------------------------------
     async def _run(self) -> ReplyResult:
+        await self._write()
+        # A reply that ran its course is voiced to the end; a cancelled one never gets here.
+        self._sentences.put_nowait(None)
+        await self._speaker
+        return self.result
+
+    async def _write(self) -> None:
         loop = asyncio.get_running_loop()
         r = self.result
         t0 = time.perf_counter()
@@ -207,7 +235,7 @@ class ReplyJob:
         if self._on_words is not None:
             self._on_words(r.user)
         if not r.user:
-            return r
+            return
         self._out(Transcript(text=r.user, stt_ms=r.stt_ms))
         if self._after is not None:
             # Shielded: calling this job off must not call off the turn before it.
@@ -217,33 +245,28 @@ class ReplyJob:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._warming), PREFILL_WAIT_S)
         started = time.perf_counter()
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        speaker = asyncio.create_task(self._speak(sentences))
         drop_oldest = 0
         try:
             try:
-                await self._generate(started, sentences, drop_oldest)
+                await self._generate(started, drop_oldest)
             except LLMContextOverflowError:
                 if r.llm_first_token_ms is not None:
                     raise
                 # The estimate was off: keep only the newest exchange and try once more.
                 log.warning("context overflow; retrying with the oldest history dropped")
                 drop_oldest = len(self.conversation.exchanges) - 1
-                await self._generate(started, sentences, drop_oldest)
+                await self._generate(started, drop_oldest)
             if not r.sentences:
                 # A tiny model now and then ends its reply before anything speakable (only
                 # symbols, or a loop cut short): ask once more, with the same history.
                 log.info("the reply had nothing to say; asking again")
-                await self._generate(started, sentences, drop_oldest)
+                await self._generate(started, drop_oldest)
         except LLMError as exc:
             r.error = str(exc)
         finally:
             r.llm_total_ms = (time.perf_counter() - started) * 1000
-            await sentences.put(None)
-            await speaker
-        return r
 
-    async def _generate(self, started: float, sentences: asyncio.Queue[str | None], drop_oldest: int) -> None:
+    async def _generate(self, started: float, drop_oldest: int) -> None:
         r = self.result
         chat = self.models.chat
         messages = self.conversation.request(
@@ -266,32 +289,32 @@ class ReplyJob:
                     if guard.repeats(sentence):
                         log.info("reply repeats itself; stopped")
                         return
-                    self._say(sentence, started, sentences)
+                    self._say(sentence, started)
         finally:
             # Closing the stream early closes the connection, which stops generation.
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
         for sentence in splitter.flush():
-            self._say(sentence, started, sentences)
+            self._say(sentence, started)
 
-    def _say(self, sentence: str, started: float, sentences: asyncio.Queue[str | None]) -> None:
+    def _say(self, sentence: str, started: float) -> None:
         r = self.result
         if r.first_sentence_ms is None:
             r.first_sentence_ms = (time.perf_counter() - started) * 1000
         r.sentences.append(sentence)
-        sentences.put_nowait(sentence)
+        self._sentences.put_nowait(sentence)
 
     def _voice(self, sentence: str) -> np.ndarray:
         """In the TTS thread: a piece of the reply as it is played, with the pause after it."""
         synth = self.models.synthesizer
         return paced(synth.synthesize(sentence), synth.sample_rate, sentence)
 
-    async def _speak(self, sentences: asyncio.Queue[str | None]) -> None:
+    async def _speak(self) -> None:
         loop = asyncio.get_running_loop()
         r = self.result
         synth = self.models.synthesizer
         first = True
-        while (sentence := await sentences.get()) is not None:
+        while (sentence := await self._sentences.get()) is not None:
             t0 = time.perf_counter()
             samples = await loop.run_in_executor(self.models.tts_thread, self._voice, sentence)
             r.tts_ms += (time.perf_counter() - t0) * 1000
