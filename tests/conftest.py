@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -121,7 +122,10 @@ def llm_server(tmp_path_factory) -> Iterator[str]:
 class Proxy:
     """Forwards to ``upstream`` and records every chat request body; ``plan`` can make the next
     chat requests fail: "refuse" (HTTP 503 error JSON), "garbage" (200 HTML), "drop" (close the
-    connection mid-reply), "ok"."""
+    connection mid-reply), "ok"; or answer in its place, streamed as a server would:
+    "say:TEXT" (any reply), "stall:S:TEXT" (S seconds of silence after the first sentence),
+    "multiline:TEXT" (each event's JSON split over two ``data:`` lines, as the SSE spec allows),
+    "flood" (20,000 characters of words without punctuation, max_tokens ignored)."""
 
     upstream: str
     url: str = ""
@@ -172,6 +176,10 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
             if mode == "garbage":
                 self._send(200, b"<html>502 Bad Gateway</html>", "text/html")
                 return
+            kind, _, text = mode.partition(":")
+            if kind in ("say", "stall", "multiline", "flood"):
+                self._stand_in(kind, text)
+                return
             url = proxy.upstream.rsplit("/v1", 1)[0] + self.path
             with httpx.stream(
                 "POST", url, content=body, headers={"Content-Type": "application/json"}, timeout=60
@@ -190,6 +198,35 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                     if mode == "drop" and i >= 1:
                         self.connection.shutdown(2)
                         return
+
+        def _stand_in(self, kind: str, text: str) -> None:
+            """A reply of the test's choosing, streamed in small pieces."""
+            stall_s = 0.0
+            if kind == "stall":
+                seconds, _, text = text.partition(":")
+                stall_s = float(seconds)
+            if kind == "flood":
+                words = ["river", "stone", "apple", "cloud", "seven", "green", "music", "paper"]
+                text = " ".join(words[(i * 7) % len(words)] + str(i % 10) for i in range(3000))[:20000]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            pieces = re.findall(r"\S+\s*", text)
+            try:
+                for piece in pieces:
+                    data = json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]})
+                    if kind == "multiline":  # split inside the JSON: only a joined event parses
+                        cut = data.index('"delta"')
+                        data = data[:cut] + "\ndata: " + data[cut:]
+                    self.wfile.write(f"data: {data}\n\n".encode())
+                    self.wfile.flush()
+                    if stall_s and piece.rstrip().endswith((".", "!", "?")):
+                        time.sleep(stall_s)
+                        stall_s = 0.0
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                proxy.client_gone.append(time.monotonic())
 
     return Handler
 

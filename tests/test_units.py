@@ -386,16 +386,22 @@ async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, ca
     turns = await assistant.run(BlocksSource(3), ScriptedEndpointer())
     assert [t.error is None for t in turns] == [True, False, True]
     assert turns[2].assistant == "Reply 3 starts. And ends."
-    # The failed turn is not sent again: the third request carries turn one, the system prompt,
-    # and alternates user/assistant.
+    # What the failed turn had said stays in the history, marked as cut; the third request
+    # carries both turns and alternates user/assistant.
+    assert turns[1].assistant == "Reply 2 starts. …"
     roles = [m["role"] for m in chat.requests[2]]
-    assert roles == ["system", "user", "assistant", "user"]
-    assert chat.requests[2][1]["content"] == "one"
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in chat.requests[2][1:5]] == [
+        "one",
+        "Reply 1 starts. And ends.",
+        "two",
+        "Reply 2 starts. …",
+    ]
     lines = [json.loads(x) for x in (tmp_path / "conversation.jsonl").read_text().splitlines()]
     assert [x["user"] for x in lines] == ["one", "two", "three"]
     assert "server went away" in lines[1]["error"]
-    assert lines[1]["partial_reply"] == "Reply 2 starts."
-    assert (tmp_path / "turn-001.wav").is_file() and not (tmp_path / "turn-002.wav").exists()
+    assert lines[1]["assistant"] == "Reply 2 starts. …"
+    assert (tmp_path / "turn-001.wav").is_file() and (tmp_path / "turn-002.wav").is_file()
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in out].count("turn_done") == 3
     assert any(e["type"] == "error" and "Turn 2" in e["message"] for e in out)

@@ -305,8 +305,10 @@ class Assistant:
             assistant = assistant or "…"
         if r.error:
             self.printer.emit(ErrorEvent(f"Turn {index} got no complete reply: {r.error}"))
+            # What was already said stays, marked as cut, in the history and the log.
+            assistant = f"{assistant} …" if assistant else ""
         audio_path = None
-        if r.error is None:
+        if assistant:
             self.conversation.add(r.user, assistant)
             if self.output_dir is not None and r.audio:
                 wav = self.output_dir / f"turn-{index:03d}.wav"
@@ -314,7 +316,7 @@ class Assistant:
         turn = TurnDone(
             index=index,
             user=r.user,
-            assistant=None if r.error else assistant,
+            assistant=assistant or None,
             reply_audio=audio_path,
             timings=timings,
             error=r.error,
@@ -332,7 +334,6 @@ class Assistant:
                     "timings": {k: round(v, 1) for k, v in timings.items()},
                     "error": r.error,
                     "interrupted": job.interrupted,
-                    "partial_reply": assistant if r.error and assistant else None,
                 }
             )
         self.printer.emit(turn)

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ import numpy as np
 from voxloop.audio.sink import AudioSink
 from voxloop.conversation import Conversation
 from voxloop.errors import LLMContextOverflowError, LLMError
-from voxloop.events import AudioChunk, Event, ReplyDelta, SpeechEnded, Transcript
+from voxloop.events import AudioChunk, ErrorEvent, Event, ReplyDelta, SpeechEnded, Transcript
 from voxloop.llm import ChatModel
 from voxloop.settings import LlmSettings
 from voxloop.stt import Transcriber
@@ -38,6 +38,12 @@ from voxloop.tts.sentences import LoopGuard, SentenceSplitter
 log = logging.getLogger(__name__)
 
 PREFILL_WAIT_S = 0.5  # longest wait for a prompt-cache prefill to finish before the real request
+# voxloop's own budget for a reply, whatever the server does with max_tokens: characters per
+# token asked for (English runs ~4; twice that leaves room for long words and numbers).
+CHARS_PER_TOKEN = 8
+STALL_NOTICE_S = 5.0  # a server silent this long mid-reply is worth telling the user about
+# Said when the model's reply had nothing speakable twice (symbols only, a loop cut at once).
+NOTHING_TO_SAY = "Sorry, I lost my words there. Could you ask again?"
 
 _UNFINISHED = {
     "and", "or", "but", "so", "because", "to", "the", "a", "an", "of", "with", "for", "in", "on",
@@ -261,6 +267,9 @@ class ReplyJob:
                 # symbols, or a loop cut short): ask once more, with the same history.
                 log.info("the reply had nothing to say; asking again")
                 await self._generate(started, drop_oldest)
+            if not r.sentences:
+                log.warning("the reply had nothing to say twice; apologizing instead")
+                self._say(NOTHING_TO_SAY, started)
         except LLMError as exc:
             r.error = str(exc)
         finally:
@@ -276,10 +285,19 @@ class ReplyJob:
         guard = LoopGuard()
         stream = chat.stream(messages)
         streamed = ""
+        budget = self.llm.max_tokens * CHARS_PER_TOKEN
         try:
-            async for delta in stream:
+            async for delta in self._watched(stream):
                 if r.llm_first_token_ms is None:
                     r.llm_first_token_ms = (time.perf_counter() - started) * 1000
+                if len(streamed) + len(delta) > budget:  # a server that ignores max_tokens
+                    delta = delta[: max(0, budget - len(streamed))]
+                    streamed += delta
+                    self._out(ReplyDelta(delta + "…"))
+                    log.info("reply over its budget of %d characters; stopped", budget)
+                    for sentence in splitter.feed(delta):
+                        self._say(sentence, started)
+                    break
                 streamed += delta
                 self._out(ReplyDelta(delta))
                 if guard.stuck(streamed[-120:]):
@@ -296,6 +314,30 @@ class ReplyJob:
                 await stream.aclose()  # type: ignore[attr-defined]
         for sentence in splitter.flush():
             self._say(sentence, started)
+
+    async def _watched(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        """The stream's pieces; a server silent for ``STALL_NOTICE_S`` mid-reply is told to the
+        user once (the stream goes on waiting, up to the LLM's own time-out)."""
+        pieces = aiter(stream)
+        told = False
+        while True:
+            nxt = asyncio.ensure_future(anext(pieces))
+            try:
+                done, _ = await asyncio.wait({nxt}, timeout=None if told else STALL_NOTICE_S)
+                if not done:
+                    told = True
+                    self._out(
+                        ErrorEvent(
+                            f"The LLM has sent nothing for {STALL_NOTICE_S:g} s; still waiting for it "
+                            f"(up to {self.llm.timeout_s:g} s)."
+                        )
+                    )
+                piece = await nxt
+            except StopAsyncIteration:
+                return
+            finally:
+                nxt.cancel()
+            yield piece
 
     def _say(self, sentence: str, started: float) -> None:
         r = self.result

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 from voxloop.errors import (
     LLMContextOverflowError,
@@ -258,8 +259,9 @@ class OpenAIChat:
             body = (await response.aread()).decode("utf-8", "replace")
             yield self._whole_reply(body)
             return
-        async for line in response.aiter_lines():
-            piece = self._parse_event(line)
+        # Events as the SSE spec reads them (httpx-sse): a multi-line ``data:`` is one event.
+        async for event in EventSource(response).aiter_sse():
+            piece = self._parse_data(event.data)
             if piece is None:
                 return
             if piece:
@@ -271,12 +273,11 @@ class OpenAIChat:
             "Check that the server is still running."
         )
 
-    def _parse_event(self, line: str) -> str | None:
-        """One SSE line -> text ('' for keep-alives and role-only chunks), None at [DONE]."""
-        line = line.strip()
-        if not line.startswith("data:"):
+    def _parse_data(self, data: str) -> str | None:
+        """One SSE event's data -> text ('' for empty and role-only chunks), None at [DONE]."""
+        data = data.strip()
+        if not data:
             return ""
-        data = line[5:].strip()
         if data == "[DONE]":
             return None
         try:

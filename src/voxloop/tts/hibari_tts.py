@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 
 from voxloop.errors import ModelNotFoundError
 from voxloop.settings import TtsSettings
+
+log = logging.getLogger(__name__)
+
+# hibari's number reader names scales up to decillion (36 digits) and raises beyond; a person
+# reads a number that long digit by digit anyway. Counted in digits, grouping commas aside.
+_NUMBER = re.compile(r"\d[\d,]*\d")
+LONGEST_NUMBER_DIGITS = 18
+
+
+def respell_numbers(text: str, longest: int = LONGEST_NUMBER_DIGITS) -> str:
+    """Numbers of more than ``longest`` digits as their digits, one by one."""
+
+    def digits(m: re.Match[str]) -> str:
+        found = [c for c in m.group() if c.isdigit()]
+        return " ".join(found) if len(found) > longest else m.group()
+
+    return _NUMBER.sub(digits, text)
 
 
 def voice_model(voice: str) -> str:
@@ -42,5 +62,16 @@ class HibariSynthesizer:
         self.synthesize("Ready.")
 
     def synthesize(self, text: str) -> np.ndarray:
+        """The text's audio. A piece hibari cannot read is read again with every number spelled
+        digit by digit, and failing that is skipped (empty audio), never the end of a turn."""
+        for attempt in (respell_numbers(text), respell_numbers(text, longest=1)):
+            try:
+                return self._voice(attempt)
+            except Exception:
+                log.debug("hibari could not read %r", attempt, exc_info=True)
+        log.warning("the voice could not read %r; skipped", text[:80])
+        return np.zeros(0, np.float32)
+
+    def _voice(self, text: str) -> np.ndarray:
         seed = self.settings.seed if self.settings.seed >= 0 else None
         return np.asarray(self.tts(text, speed=self.settings.speed, seed=seed), dtype=np.float32)

@@ -46,8 +46,10 @@ class SentenceSplitter:
         first_clause_words: int = 2,
         first_phrase_words: int = 4,
         first_max_words: int = 10,
+        max_words: int = 40,
     ) -> None:
         self.min_chars = min_chars
+        self.max_words = max_words  # a run-on stretch without a sentence end is cut here
         self.first_clause_words = first_clause_words
         self.first_phrase_words = first_phrase_words  # 0: the first piece is never cut mid-clause
         self.first_max_words = first_max_words
@@ -90,7 +92,21 @@ class SentenceSplitter:
             out.append(phrase)
             self._first = False
             out += self.feed("")  # the rest may already hold a whole sentence
+        while not self._first and (piece := self._run_on()):
+            out.append(piece)
         return out
+
+    def _run_on(self) -> str | None:
+        """A piece of text that runs on without a sentence end (a model that never stops, a
+        list without punctuation): its first ``max_words`` words, cut after the last comma in
+        them if there is one, so the voice need not wait for the end of it all."""
+        words = list(re.finditer(r"\S+", self._buffer))
+        if len(words) <= self.max_words:
+            return None
+        head = words[: self.max_words]
+        cut = next((w.end() for w in reversed(head) if w.group().endswith(",")), head[-1].end())
+        text, self._buffer = speakable(self._buffer[:cut]), self._buffer[cut:]
+        return text or None
 
     def _first_phrase(self) -> str | None:
         """The first piece cut before a phrase, when the first clause runs on (None: not yet)."""
