@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-origin", action="append", default=[], metavar="URL", help="another allowed page origin"
     )
     srv.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="a host name the page is opened by, besides loopback and --host (e.g. voice.lan)",
+    )  # fmt: skip
+    srv.add_argument(
         "--llm-url", action="append", metavar="URL", help="OpenAI-compatible server(s) (default: embedded)"
     )
     srv.add_argument("--llm-model", metavar="NAME", help="model name on the server")
@@ -445,11 +449,20 @@ def _bench_sessions(args: argparse.Namespace, settings: Settings, folder: Path) 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import llm_urls, serving
     from voxloop.printer import HumanPrinter
-    from voxloop.server import serve
+    from voxloop.server import serve, stop_on_sigterm
 
     printer = HumanPrinter()
-    with llm_urls(serving(settings), printer) as urls:
-        serve(settings, urls, args.host, args.serve_port, args.token, tuple(args.allow_origin), printer.info)
+    with stop_on_sigterm(), llm_urls(serving(settings), printer) as urls:
+        serve(
+            settings,
+            urls,
+            args.host,
+            args.serve_port,
+            args.token,
+            tuple(args.allow_origin),
+            printer.info,
+            allowed_hosts=tuple(args.allow_host),
+        )
     return 0
 
 

@@ -319,21 +319,27 @@ def start_server(
     url = f"http://127.0.0.1:{port}/v1"
     started = time.monotonic()
     last_said = started
-    while time.monotonic() - started < launch.ready_timeout_s:
-        if proc.poll() is not None:
-            raise LLMUnavailableError(
-                f"The {launch.engine} server exited at start (code {proc.returncode}): {_tail(log_path)}. "
-                f"Full log: {log_path}"
-            )
-        if answers(url, timeout=1.0):
-            preset = settings.preset if engine == "llamacpp" and not (model or settings.gguf) else ""
-            info = ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path), preset)
-            return info, proc
-        if time.monotonic() - last_said >= 10:
-            last_said = time.monotonic()
-            say(f"… {launch.engine} is still loading ({last_said - started:.0f} s; log {log_path})")
-        time.sleep(0.2)
+    try:
+        while time.monotonic() - started < launch.ready_timeout_s:
+            if proc.poll() is not None:
+                raise LLMUnavailableError(
+                    f"The {launch.engine} server exited at start (code {proc.returncode}): "
+                    f"{_tail(log_path)}. Full log: {log_path}"
+                )
+            if answers(url, timeout=1.0):
+                preset = settings.preset if engine == "llamacpp" and not (model or settings.gguf) else ""
+                info = ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path), preset)
+                return info, proc
+            if time.monotonic() - last_said >= 10:
+                last_said = time.monotonic()
+                say(f"… {launch.engine} is still loading ({last_said - started:.0f} s; log {log_path})")
+            time.sleep(0.2)
+    except BaseException:  # Ctrl-C or SIGTERM while it loads: nobody else would stop it
+        proc.kill()
+        proc.wait()
+        raise
     proc.kill()
+    proc.wait()
     raise LLMUnavailableError(
         f"The {launch.engine} server did not answer within {launch.ready_timeout_s:.0f} s. Log: {log_path}"
     )

@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 from voxloop.errors import ConfigError
 from voxloop.llm import ChatModel
 from voxloop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5  # open conversations get this long to end before the server stops anyway
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C does, so that every ``finally`` (the embedded LLM
+    server's among them) runs. A BaseException, so no ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM a graceful stop for the block: uvicorn catches it, closes the connections,
+    then raises it again once it has returned; Python's default action would then kill the
+    process on the spot and leave its children (the embedded llama-server) running. Here it
+    raises :class:`Terminated` instead, and the block ends normally."""
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except Terminated:
+        log.info("SIGTERM: stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(
@@ -21,12 +51,14 @@ def serve(
     token: str | None,
     origins: tuple[str, ...],
     say: Callable[[str], None],
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
     import uvicorn
 
     from voxloop.app import make_chat
     from voxloop.printer import HumanPrinter
     from voxloop.server.app import LOOPBACK, ServerState, build_app, new_token
+    from voxloop.server.session import WS_MAX_BYTES
     from voxloop.stt.whisper import WhisperTranscriber
     from voxloop.tts.hibari_tts import HibariSynthesizer
 
@@ -40,12 +72,26 @@ def serve(
     transcriber.warm_up()
     synthesizer.warm_up()
     state = ServerState(
-        settings, transcriber, make_chat(urls, settings, printer), synthesizer, token, origins
+        settings,
+        transcriber,
+        make_chat(urls, settings, printer),
+        synthesizer,
+        token,
+        origins,
+        host=host,
+        allowed_hosts=allowed_hosts,
     )
     shown = "localhost" if host in LOOPBACK else host
     say(f"voxloop is listening on http://{shown}:{port}/" + (f"?token={token}" if token else ""))
     try:
-        uvicorn.run(build_app(state), host=host, port=port, log_level="warning", ws_max_size=1 << 20)
+        uvicorn.run(
+            build_app(state),
+            host=host,
+            port=port,
+            log_level="warning",
+            ws_max_size=WS_MAX_BYTES,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
     except OSError as exc:
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc}). Pass another --port.") from None
 

@@ -2,14 +2,17 @@
 
 One process holds the models (STT, TTS) and the LLM client; every browser tab is its own
 conversation on them. Bound to 127.0.0.1 by default; any other host needs a token, checked on
-the page and the WebSocket, and the WebSocket accepts only the server's own Origin (plus any
-configured ones).
+every route (/health and /metrics stay open on loopback). Every route answers only the names
+the server is reached by (the Host header: loopback, the bound address, --allow-host ones), so
+a web page cannot rebind its own name to 127.0.0.1 and drive voxloop; and the WebSocket accepts
+only the server's own Origin (plus any configured ones).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -17,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,9 +31,12 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.events import TurnDone
@@ -42,6 +49,7 @@ from voxloop.tts import Synthesizer
 log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD = {"0.0.0.0", "::", ""}
 
 
 @dataclass
@@ -52,6 +60,8 @@ class ServerState:
     synthesizer: Synthesizer
     token: str | None = None
     origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"  # the address it is bound to
+    allowed_hosts: tuple[str, ...] = ()  # more names it is reached by (--allow-host)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     open_sessions: int = 0
     # All conversations share the models through small FIFO pools: work is served in the order
@@ -68,6 +78,10 @@ class ServerState:
         self.turns = Counter("voxloop_turns", "Turns answered", registry=r)
         self.errors = Counter("voxloop_errors", "Turns that failed", registry=r)
         self.sessions = Gauge("voxloop_sessions_open", "Conversations open now", registry=r)
+        self.audio_in = Counter("voxloop_audio_in_seconds", "Microphone audio accepted", registry=r)
+        self.audio_dropped = Counter(
+            "voxloop_audio_dropped_seconds", "Microphone audio dropped: sent too fast", registry=r
+        )
         buckets = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
         self.latency = Histogram(
             "voxloop_stage_seconds", "Per-stage latency of a turn", ["stage"], buckets=buckets, registry=r
@@ -81,11 +95,74 @@ class ServerState:
             if key.endswith("_ms"):
                 self.latency.labels(stage=key[:-3]).observe(value / 1000)
 
+    def host_ok(self, value: str | None) -> bool:
+        """Whether a Host header names this server. An IP address cannot be rebound, so any
+        loopback one is fine, and any at all on a wildcard bind (LAN clients use the machine's
+        addresses); a name must be a loopback one, the bound one or an --allow-host one."""
+        try:
+            name = urlsplit(f"//{value}").hostname if value else None
+        except ValueError:  # a malformed [IPv6] literal
+            return False
+        if not name:
+            return False
+        bound = self.host.strip("[]").lower()
+        if name in LOOPBACK or name == bound or name in {h.lower() for h in self.allowed_hosts}:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or bound in WILDCARD
 
-def _token_ok(state: ServerState, given: str | None) -> bool:
-    if state.token is None:
-        return True
-    return given is not None and hmac.compare_digest(given, state.token)
+    def token_ok(self, connection: HTTPConnection) -> bool:
+        """The token from ``?token=`` or ``Authorization: Bearer``, compared in constant time (as
+        bytes: compare_digest refuses non-ASCII strings)."""
+        if self.token is None:
+            return True
+        given = connection.query_params.get("token")
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        if given is None and scheme.lower() == "bearer":
+            given = credentials.strip()
+        return given is not None and hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
+        )
+
+
+class HostGuard:
+    """Refuses, on every route and the WebSocket, a Host the server does not answer to: the
+    defence against DNS rebinding. Not Starlette's TrustedHostMiddleware: it answers a bare 400
+    with no hint, and cannot say "any IP address on a wildcard bind"."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host")
+        if self.state.host_ok(host):
+            await self.app(scope, receive, send)
+            return
+        log.info("refused a request for Host %r", host)
+        response = PlainTextResponse(
+            f"Forbidden: this server does not answer to Host {host!r}; "
+            "to allow a name, start it with voxloop serve --allow-host NAME.",
+            403,
+        )
+        if scope["type"] == "http":
+            await response(scope, receive, send)
+        else:
+            await _refuse(WebSocket(scope, receive, send), response)
+
+
+async def _refuse(websocket: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket handshake with an HTTP status and a one-line reason."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:  # the server answers 403, without the reason
+        await websocket.close(code=1008, reason=bytes(response.body).decode()[:120])
 
 
 def _origin_ok(state: ServerState, websocket: WebSocket) -> bool:
@@ -102,25 +179,40 @@ def page() -> str:
 
 
 def build_app(state: ServerState) -> Starlette:
+    # Off loopback, how busy the server is and which model it runs are the token holder's
+    # business too; on loopback, monitoring stays as simple as a curl.
+    status_open = state.host in LOOPBACK
+
+    def unauthorized() -> Response:
+        return PlainTextResponse(
+            "Unauthorized: pass the token printed by voxloop serve as ?token=… or Authorization: Bearer ….",
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     async def index(request: Request) -> Response:
-        if not _token_ok(state, request.query_params.get("token")):
+        if not state.token_ok(request):
             return PlainTextResponse(
                 "Forbidden: open the URL with ?token=… as printed by voxloop serve.", 403
             )
         return HTMLResponse(page())
 
     async def health(request: Request) -> Response:
+        if not (status_open or state.token_ok(request)):
+            return unauthorized()
         return JSONResponse({"status": "ok", "model": state.chat.model, "sessions": state.open_sessions})
 
     async def metrics(request: Request) -> Response:
+        if not (status_open or state.token_ok(request)):
+            return unauthorized()
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def ws(websocket: WebSocket) -> None:
         if not _origin_ok(state, websocket):
-            await websocket.close(code=1008, reason="origin not allowed")
+            await _refuse(websocket, PlainTextResponse("Forbidden: origin not allowed.", 403))
             return
-        if not _token_ok(state, websocket.query_params.get("token")):
-            await websocket.close(code=1008, reason="bad or missing token")
+        if not state.token_ok(websocket):
+            await _refuse(websocket, PlainTextResponse("Forbidden: bad or missing token.", 403))
             return
         await websocket.accept()
 
@@ -155,6 +247,7 @@ def build_app(state: ServerState) -> Starlette:
 
     return Starlette(
         lifespan=lifespan,
+        middleware=[Middleware(HostGuard, state=state)],
         routes=[
             Route("/", index),
             Route("/health", health),

@@ -38,6 +38,17 @@ INPUT_RATE = 16000
 MAX_FRAME_BYTES = 64_000  # 2 s of PCM16 at 16 kHz: far more than the 20 ms frames clients send
 MAX_CONTROL_BYTES = 8_000
 MAX_SYSTEM_CHARS = 4_000
+# The WebSocket's own limit on one message: a frame over the protocol's limits but under this one
+# is answered with an ``error`` event and the session goes on; only a frame over this one closes
+# the socket (1009, message too big), as the server cannot read it without holding it all.
+WS_MAX_BYTES = 4 << 20
+# Audio a session may send, in seconds of audio per second of wall time: twice real time on
+# average, with a burst of a few seconds for a client catching up after a network stall. More
+# is dropped, so that one client cannot fill the shared STT and VAD with work.
+AUDIO_RATE_X = 2.0
+AUDIO_BURST_S = 4.0
+MIN_FRAME_S = 0.005  # a frame counts as at least 5 ms, so many tiny frames are not free
+WARN_EVERY_S = 5.0
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
@@ -133,6 +144,25 @@ class SocketSink:
         return None
 
 
+class AudioBudget:
+    """A token bucket of audio seconds (a dozen lines; not worth a dependency): it fills at
+    ``rate`` seconds of audio per wall second up to ``burst``, and a frame takes its length."""
+
+    def __init__(self, rate: float = AUDIO_RATE_X, burst: float = AUDIO_BURST_S) -> None:
+        self.rate, self.burst = rate, burst
+        self._left = burst
+        self._at = time.monotonic()
+
+    def take(self, seconds: float) -> bool:
+        now = time.monotonic()
+        self._left = min(self.burst, self._left + (now - self._at) * self.rate)
+        self._at = now
+        if seconds > self._left:
+            return False
+        self._left -= seconds
+        return True
+
+
 class SocketPrinter:
     """Pipeline events as protocol messages, sent in order from one task."""
 
@@ -187,8 +217,9 @@ class Session:
         self.settings: Settings = app.settings
         self.assistant: Assistant | None = None
         self._assistant: asyncio.Task[Any] | None = None
-        self._frames = 0
-        self._window = time.monotonic()
+        self._interrupting: asyncio.Task[None] | None = None
+        self._budget = AudioBudget()
+        self._warned_at = -WARN_EVERY_S
 
     def hello(self) -> dict[str, Any]:
         return {
@@ -223,14 +254,18 @@ class Session:
                 f"Audio frame of {len(data)} bytes refused: send 16 kHz mono PCM16 frames of 20 ms (640 bytes)."
             )
             return
-        now = time.monotonic()
-        if now - self._window >= 1.0:
-            self._window, self._frames = now, 0
-        self._frames += 1
-        if self._frames > 200:  # 10x real time: drop, do not queue without bound
-            if self._frames == 201:
-                self.error("Audio arrives faster than real time; frames are being dropped.")
+        seconds = len(data) / 2 / INPUT_RATE
+        if not self._budget.take(max(seconds, MIN_FRAME_S)):
+            self.app.audio_dropped.inc(seconds)
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                self.error(
+                    f"Audio arrives faster than {AUDIO_RATE_X:g}x real time; frames are being "
+                    "dropped. Send 20 ms frames as the microphone gives them."
+                )
             return
+        self.app.audio_in.inc(seconds)
         if self._assistant is None:
             self.start()
         self.source.push(data)
@@ -256,7 +291,8 @@ class Session:
             self.settings = dataclasses.replace(self.settings, system_prompt=system)
             self.printer.message({"type": "config_ok"})
         elif kind == "interrupt":
-            asyncio.get_running_loop().create_task(self._interrupt())
+            if self._interrupting is None or self._interrupting.done():  # else one is under way
+                self._interrupting = asyncio.create_task(self._interrupt())
         else:
             self.error(f"Unknown control message type {kind!r}.")
 
@@ -267,6 +303,10 @@ class Session:
     async def close(self) -> None:
         """The client went away: stop listening, close any LLM stream, send nothing more."""
         self.source.end()
+        if self._interrupting is not None:
+            self._interrupting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._interrupting
         if self._assistant is not None:
             self._assistant.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
