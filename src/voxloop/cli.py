@@ -50,6 +50,13 @@ def _stt_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-silence-ms", type=int, metavar="MS", help="silence that ends a turn (default 500)")
 
 
+def _turn_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-turn-model", action="store_true", default=None,
+        help="end turns on silence and words alone, without the turn model (Smart Turn v3.2)",
+    )  # fmt: skip
+
+
 def _preset_flag(p: argparse.ArgumentParser) -> None:
     from voxloop.llm.models import PRESETS
 
@@ -58,6 +65,16 @@ def _preset_flag(p: argparse.ArgumentParser) -> None:
         "--llm-preset", choices=list(PRESETS), metavar="NAME",
         help=f"the embedded model: {names} (default {Settings().llm.preset})",
     )  # fmt: skip
+
+
+def _served_llm_flags(p: argparse.ArgumentParser, system: str) -> None:
+    """The LLM of a server voxloop runs for others (`serve`, `wyoming`)."""
+    p.add_argument(
+        "--llm-url", action="append", metavar="URL", help="OpenAI-compatible server(s) (default: embedded)"
+    )
+    p.add_argument("--llm-model", metavar="NAME", help="model name on the server")
+    _preset_flag(p)
+    p.add_argument("--system", metavar="TEXT", help=system)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--output-dir", "-o", metavar="DIR", help="save reply WAVs and conversation.jsonl here")
     chat.add_argument("--json", action="store_true", default=None, help="one JSON object per line on stdout")
     _stt_flags(chat)
+    _turn_flag(chat)
     _common(chat)
 
     tr = sub.add_parser("transcribe", help="print what is said in a recording")
@@ -169,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --stt: voxloop's short encoder windows and/or Whisper's own 30 s (default window)",
     )  # fmt: skip
     bench.add_argument(
+        "--endpointing", action="store_true",
+        help="instead: endpoint wait on finished questions, cut-offs on mid-phrase pauses "
+        "(benchmarks/pauses) and first audio, with the turn model on and off",
+    )  # fmt: skip
+    _turn_flag(bench)
+    bench.add_argument(
         "--presets", metavar="NAME,NAME,…",
         help="with --quality: the embedded presets to compare in one run (e.g. tiny,small,base)",
     )  # fmt: skip
@@ -190,19 +214,57 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", default=[], metavar="NAME",
         help="a host name the page is opened by, besides loopback and --host (e.g. voice.lan)",
     )  # fmt: skip
-    srv.add_argument(
-        "--llm-url", action="append", metavar="URL", help="OpenAI-compatible server(s) (default: embedded)"
-    )
-    srv.add_argument("--llm-model", metavar="NAME", help="model name on the server")
-    _preset_flag(srv)
-    srv.add_argument("--system", metavar="TEXT", help="system prompt")
+    _served_llm_flags(srv, "system prompt")
     _common(srv)
+
+    _wyoming_parser(sub)
 
     doctor = sub.add_parser("doctor", help="check installation, models, LLM and sound devices")
     doctor.add_argument("--llm-url", action="append", metavar="URL", help="also check this server")
+    doctor.add_argument(
+        "--json", action="store_true", default=None,
+        help="one JSON object: every model file voxloop would load (path, size, package, sha256) and the checks",
+    )  # fmt: skip
     _preset_flag(doctor)
     _common(doctor)
     return parser
+
+
+def _wyoming_parser(sub: Any) -> None:
+    from voxloop.server.wyoming import WyomingOptions
+
+    defaults = WyomingOptions()
+    wy = sub.add_parser(
+        "wyoming", help="speech to text, voice and conversation agent for Home Assistant (Wyoming protocol)"
+    )
+    wy.add_argument(
+        "--host", default=defaults.host,
+        help=f"address to bind (default {defaults.host}; Wyoming has no authentication: any other "
+        "address lets everyone who reaches it use voxloop)",
+    )  # fmt: skip
+    wy.add_argument(
+        "--port", dest="wyoming_port", type=int, default=defaults.port, metavar="PORT",
+        help=f"port (default {defaults.port})",
+    )  # fmt: skip
+    wy.add_argument(
+        "--zeroconf", nargs="?", const="", metavar="NAME",
+        help="announce it on the LAN over mDNS (_wyoming._tcp) for Home Assistant to discover "
+        "(default name voxloop-HOSTNAME; needs --host and pip install 'voxloop[zeroconf]')",
+    )  # fmt: skip
+    wy.add_argument(
+        "--no-streaming", action="store_true",
+        help="answer in the one-shot forms only (no transcript-, synthesize- or handled- streams)",
+    )  # fmt: skip
+    _served_llm_flags(wy, "system prompt of the conversation agent")
+    wy.add_argument(
+        "--stt-model", metavar="NAME|DIR",
+        help="bundled tiny.en (default) or base, or a faster-whisper model folder",
+    )  # fmt: skip
+    wy.add_argument(
+        "--language", metavar="CODE", help=f"what the users speak (default {Settings().stt.language})"
+    )
+    wy.add_argument("--voice", metavar="NAME", help=f"TTS voice (default {Settings().tts.voice})")
+    _common(wy)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,6 +292,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             tree.setdefault(section, {})[key] = value
     if getattr(args, "no_speak", None):
         tree.setdefault("tts", {})["speak"] = False
+    if getattr(args, "no_turn_model", None):
+        tree.setdefault("vad", {})["turn_model"] = False
     if getattr(args, "system", None) is not None:
         tree["system_prompt"] = args.system
     return tree
@@ -336,6 +400,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_long(args, settings)
     if args.stt:
         return _bench_stt(args, settings)
+    if args.endpointing:
+        return _bench_endpointing(args, settings)
     folder = _bench_set(args, "set", DEFAULT_SET)
     if args.sessions:
         return _bench_sessions(args, settings, folder)
@@ -377,6 +443,22 @@ def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(results, default=str) if settings.output.json else quality_table(results))
     if args.plot:
         printer.info(f"plot: {plot_quality(results, Path(args.plot))}")
+    return 0
+
+
+def _bench_endpointing(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import llm_urls
+    from voxloop.bench import DEFAULT_SET
+    from voxloop.bench.endpointing import DEFAULT_PAUSE_SET, endpointing_table, run_endpointing
+    from voxloop.printer import HumanPrinter
+
+    finished = _bench_set(args, "set", DEFAULT_SET)
+    local = Path("benchmarks") / "pauses"
+    pauses = local if local.is_dir() else DEFAULT_PAUSE_SET
+    printer = HumanPrinter()
+    with llm_urls(settings, printer) as urls:
+        result = run_endpointing(settings, urls[0], finished, pauses, args.limit, printer.info)
+    print(json.dumps(result, default=str) if settings.output.json else endpointing_table(result))
     return 0
 
 
@@ -466,9 +548,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from voxloop.doctor import run_checks
+def cmd_wyoming(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.app import llm_urls, serving
+    from voxloop.printer import HumanPrinter
+    from voxloop.server import stop_on_sigterm
+    from voxloop.server.wyoming import WyomingOptions, serve_wyoming
 
+    options = WyomingOptions(
+        host=args.host, port=args.wyoming_port, streaming=not args.no_streaming, zeroconf=args.zeroconf
+    )
+    printer = HumanPrinter()
+    with stop_on_sigterm(), llm_urls(serving(settings), printer) as urls:
+        serve_wyoming(settings, urls, options, printer)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.doctor import report, run_checks
+
+    if settings.output.json:
+        print(json.dumps(report(settings), indent=1))
+        return 0
     for check in run_checks(settings):
         mark = "ok     " if check.ok else "problem"
         fix = f"  → {check.fix}" if check.fix and not check.ok else ""
@@ -484,6 +584,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "doctor": cmd_doctor,
     "bench": cmd_bench,
     "serve": cmd_serve,
+    "wyoming": cmd_wyoming,
 }
 
 

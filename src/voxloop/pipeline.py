@@ -1,10 +1,11 @@
 """One spoken conversation: audio source -> endpointer -> STT -> LLM stream -> sentences -> TTS -> sink.
 
 Every stage streams and overlaps. When the user pauses, the reply starts speculatively (see
-``reply.py``): its transcript tells the endpointer whether the sentence sounded finished (end
-the turn after a short pause) or not (wait longer). If the user goes on, the speculative reply
-is cancelled; if the pause was the end, it is committed and what it already produced plays at
-once. Blocking libraries (CTranslate2, ONNX Runtime) run in their own threads, off the loop.
+``reply.py``) and the turn model (``vad/turn.py``) hears whether the voice sounds finished;
+with the reply's transcript it tells the endpointer to end the turn after a short pause or to
+wait longer. If the user goes on, the speculative reply is cancelled; if the pause was the end,
+it is committed and what it already produced plays at once. Blocking libraries (CTranslate2,
+ONNX Runtime) run in their own threads, off the loop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from voxloop.stt import Transcriber
 from voxloop.stt.interim import InterimTranscriber
 from voxloop.tts import Synthesizer
 from voxloop.vad import Endpointer, make_endpointer
+from voxloop.vad.turn import TurnAware, TurnModel, shared_turn_model, words_finished
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Assistant:
         self._speaking: ReplyJob | None = None  # the committed reply, while it is generated or heard
         self._partial: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None  # a prefill of the LLM's prompt cache
+        self._turn_model: TurnModel | None = None  # loaded by run() when the endpointer takes it
+        self._turn_check: asyncio.Task[None] | None = None  # the turn model on the current pause
         # Set when the user pauses: an interim transcript still running is then useless, and it
         # would hold up the one that matters.
         self._paused = threading.Event()
@@ -88,6 +92,10 @@ class Assistant:
         """Listen until the source ends; answer every turn. Returns the finished turns."""
         endpointer = endpointer or make_endpointer(self.settings.vad, source.sample_rate)
         loop = asyncio.get_running_loop()
+        vad = self.settings.vad
+        if vad.turn_model and vad.adaptive and isinstance(endpointer, TurnAware):
+            # Loaded (and its hash checked) once per process, off the event loop.
+            self._turn_model = await loop.run_in_executor(None, shared_turn_model)
         fed = 0
         with contextlib.ExitStack() as stack:
             vad_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vad"))
@@ -125,7 +133,7 @@ class Assistant:
                 await self._cancel_spec()
                 if self._speaking is not None and not self._speaking.task.done():
                     await self._speaking.cancel()
-                for task in (self._last_turn, self._partial, self._warming):
+                for task in (self._last_turn, self._partial, self._warming, self._turn_check):
                     if task is not None and not task.done():
                         task.cancel()
                 self._hold_playback(False)
@@ -185,11 +193,22 @@ class Assistant:
             return
         self._paused.set()
         if not event.final:
-            self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(sounds_finished(text)))
+            # With the turn model, words that sound finished may end the turn 0.2 s into the
+            # pause: the stricter reading, where "…a recipe for?" is not finished.
+            finished = sounds_finished if self._turn_model is None else words_finished
+            self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(finished(text)))
+            if self._turn_model is not None and isinstance(endpointer, TurnAware):
+                # Beside the reply's STT, in the model's own thread; one pause at a time.
+                if self._turn_check is not None and not self._turn_check.done():
+                    self._turn_check.cancel()
+                self._turn_check = asyncio.create_task(self._check_turn(self._turn_model, event, endpointer))
             if not realtime:
-                # A file read faster than real time: let the words steer the endpointer as they
-                # would have in time (a fast machine), so a file gives the same turns as a mic.
+                # A file read faster than real time: let the voice and the words steer the
+                # endpointer as they would have in time (a fast machine), so a file gives the
+                # same turns as a mic.
                 await self._spec.transcribed.wait()
+                if self._turn_check is not None:
+                    await self._turn_check
             return
         self.printer.emit(event)
         job = self._spec if self._spec is not None and self._spec.speech.end_s == event.end_s else None
@@ -209,6 +228,15 @@ class Assistant:
             endpointer.reset()
         elif not realtime:
             await self._last_turn
+
+    @staticmethod
+    async def _check_turn(model: TurnModel, pause: SpeechEnded, endpointer: TurnAware) -> None:
+        try:
+            probability = await model.check(pause.audio)
+        except Exception as exc:  # the turn model helps; a turn never fails for it
+            log.warning("The turn model failed on a pause (%s); this pause ends on silence and words.", exc)
+            return
+        endpointer.turn(pause, probability)
 
     def _start_job(self, speech: SpeechEnded, on_words: Callable[[str], None] | None = None) -> ReplyJob:
         return ReplyJob(

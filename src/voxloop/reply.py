@@ -33,7 +33,7 @@ from voxloop.settings import LlmSettings
 from voxloop.stt import Transcriber
 from voxloop.tts import Synthesizer
 from voxloop.tts.pacing import paced
-from voxloop.tts.sentences import LoopGuard, SentenceSplitter
+from voxloop.tts.sentences import SpokenReply, spoken
 
 log = logging.getLogger(__name__)
 
@@ -281,38 +281,14 @@ class ReplyJob:
         messages = self.conversation.request(
             r.user, chat.context_tokens, self.llm.max_tokens, max(0, drop_oldest)
         )
-        splitter = SentenceSplitter()
-        guard = LoopGuard()
-        stream = chat.stream(messages)
-        streamed = ""
-        budget = self.llm.max_tokens * CHARS_PER_TOKEN
-        try:
-            async for delta in self._watched(stream):
-                if r.llm_first_token_ms is None:
-                    r.llm_first_token_ms = (time.perf_counter() - started) * 1000
-                if len(streamed) + len(delta) > budget:  # a server that ignores max_tokens
-                    delta = delta[: max(0, budget - len(streamed))]
-                    streamed += delta
-                    self._out(ReplyDelta(delta + "…"))
-                    log.info("reply over its budget of %d characters; stopped", budget)
-                    for sentence in splitter.feed(delta):
-                        self._say(sentence, started)
-                    break
-                streamed += delta
-                self._out(ReplyDelta(delta))
-                if guard.stuck(streamed[-120:]):
-                    log.info("reply stuck in a loop; stopped")
-                    return
-                for sentence in splitter.feed(delta):
-                    if guard.repeats(sentence):
-                        log.info("reply repeats itself; stopped")
-                        return
-                    self._say(sentence, started)
-        finally:
-            # Closing the stream early closes the connection, which stops generation.
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
-        for sentence in splitter.flush():
+
+        def seen(text: str) -> None:
+            if r.llm_first_token_ms is None:
+                r.llm_first_token_ms = (time.perf_counter() - started) * 1000
+            self._out(ReplyDelta(text))
+
+        reply = SpokenReply(self.llm.max_tokens * CHARS_PER_TOKEN)
+        async for sentence in spoken(self._watched(chat.stream(messages)), reply, seen):
             self._say(sentence, started)
 
     async def _watched(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -320,24 +296,28 @@ class ReplyJob:
         user once (the stream goes on waiting, up to the LLM's own time-out)."""
         pieces = aiter(stream)
         told = False
-        while True:
-            nxt = asyncio.ensure_future(anext(pieces))
-            try:
-                done, _ = await asyncio.wait({nxt}, timeout=None if told else STALL_NOTICE_S)
-                if not done:
-                    told = True
-                    self._out(
-                        ErrorEvent(
-                            f"The LLM has sent nothing for {STALL_NOTICE_S:g} s; still waiting for it "
-                            f"(up to {self.llm.timeout_s:g} s)."
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(pieces))
+                try:
+                    done, _ = await asyncio.wait({nxt}, timeout=None if told else STALL_NOTICE_S)
+                    if not done:
+                        told = True
+                        self._out(
+                            ErrorEvent(
+                                f"The LLM has sent nothing for {STALL_NOTICE_S:g} s; still waiting for "
+                                f"it (up to {self.llm.timeout_s:g} s)."
+                            )
                         )
-                    )
-                piece = await nxt
-            except StopAsyncIteration:
-                return
-            finally:
-                nxt.cancel()
-            yield piece
+                    piece = await nxt
+                except StopAsyncIteration:
+                    return
+                finally:
+                    nxt.cancel()
+                yield piece
+        finally:  # closing the stream closes the connection, which stops generation
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
 
     def _say(self, sentence: str, started: float) -> None:
         r = self.result

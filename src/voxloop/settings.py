@@ -59,11 +59,15 @@ class VadSettings:
     refresh_ms: int = 512  # while voxloop speaks: clear Silero's memory after this much quiet (0: off)
     webrtc_mode: int = 3
     # The turn model (Smart Turn v3.2, vad/turn.py) hears at the first silent step whether the
-    # voice sounds finished; with ``adaptive`` it sets the wait, the words can lengthen it.
+    # voice sounds finished; with ``adaptive`` it sets the wait with the words (see
+    # SileroEndpointer.wait_ms). It says 0.9+ at many pauses mid-phrase in synthetic voices, so
+    # only a sure "finished" ends a turn soon (benchmarks/pauses cut at 0.95: 7.5%, 0.97: 3.8%),
+    # and a turn it is unsure of waits out a pause mid-phrase (0.5-1.5 s; 1.2 s cut 7.7%).
     turn_model: bool = True
-    turn_threshold: float = 0.5  # its probability of a finished turn that counts as finished
-    turn_complete_ms: int = 200  # silence that ends a turn it calls finished
-    turn_incomplete_ms: int = 1800  # ...and one it calls unfinished (a pause mid-phrase)
+    turn_threshold: float = 0.97  # its probability of a finished turn that ends the turn soon
+    turn_complete_ms: int = 200  # silence that ends a turn it is sure of
+    turn_unsure_ms: int = 1600  # ...one it leans to (p >= 0.5) and whose words sound finished
+    turn_incomplete_ms: int = 1800  # ...and any other
 
 
 @dataclass(frozen=True, slots=True)

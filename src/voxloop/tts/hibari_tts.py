@@ -29,14 +29,19 @@ def respell_numbers(text: str, longest: int = LONGEST_NUMBER_DIGITS) -> str:
 
 
 def voice_model(voice: str) -> str:
-    """The voice's ONNX file on disk: in the package ("heart") or already in hibari's cache.
+    """The voice's ONNX file on disk: the bundled one ("heart") verified against its pinned
+    sha256 (:mod:`voxloop.tts.models`), another as it is in hibari's cache (not pinned).
 
     hibari would download other voices on first use; voxloop never reaches for the network.
     """
     from hibari.voices import VOICES, cache_dir, voice_path
 
+    from voxloop.tts import models
+
     if voice not in VOICES:
         raise ModelNotFoundError(f"Unknown voice {voice!r}. Voices: {', '.join(VOICES)}.")
+    if (pinned := models.bundled(voice)) is not None:
+        return str(models.voice(pinned))
     try:
         return str(voice_path(voice, download_missing=False))
     except FileNotFoundError:

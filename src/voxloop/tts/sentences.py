@@ -14,7 +14,12 @@ speaking.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import AsyncIterator, Callable
+
+log = logging.getLogger(__name__)
 
 _END = re.compile(r"([.!?…]+[\"'”’)\]]*)(\s+)|\n+")
 _CLAUSE_OR_END = re.compile(r"([.!?…]+[\"'”’)\]]*|[,;:—])(\s+)|\n+")
@@ -163,3 +168,64 @@ class LoopGuard:
             if len(tail) == size * self.max_run and all(tail[i] == tail[i % size] for i in range(len(tail))):
                 return True
         return False
+
+
+class SpokenReply:
+    """A streamed reply turned into what is spoken, with voxloop's guards, for every place that
+    voices an LLM: sentences as they complete, a stop when the reply loops or repeats a sentence
+    (the rest is neither spoken nor kept), and voxloop's own budget of characters for a server
+    that ignores max_tokens (what fits is spoken, the rest dropped)."""
+
+    def __init__(self, budget_chars: int) -> None:
+        self.budget = budget_chars
+        self.text = ""
+        self.stopped = ""  # why the stream should be closed now: "loop", "repeat", "budget"
+        self._splitter = SentenceSplitter()
+        self._guard = LoopGuard()
+
+    def feed(self, delta: str) -> tuple[str, list[str]]:
+        """The part of ``delta`` that is kept, and the sentences it completes. Once ``stopped``
+        is set, the caller closes the stream (which stops generation on the server)."""
+        piece = delta[: max(0, self.budget - len(self.text))]
+        self.text += piece
+        if self._guard.stuck(self.text[-120:]):
+            log.info("reply stuck in a loop; stopped")
+            self.stopped = "loop"
+            return piece, []
+        sentences: list[str] = []
+        for sentence in self._splitter.feed(piece):
+            if self._guard.repeats(sentence):
+                log.info("reply repeats itself; stopped")
+                self.stopped = "repeat"
+                return piece, sentences
+            sentences.append(sentence)
+        if len(piece) < len(delta) or len(self.text) >= self.budget:
+            log.info("reply over its budget of %d characters; stopped", self.budget)
+            self.stopped = "budget"
+        return piece, sentences
+
+    def finish(self) -> list[str]:
+        """What is left once the stream has ended: nothing after a loop or a repeat."""
+        return [] if self.stopped in ("loop", "repeat") else self._splitter.flush()
+
+
+async def spoken(
+    stream: AsyncIterator[str], reply: SpokenReply, seen: Callable[[str], None] | None = None
+) -> AsyncIterator[str]:
+    """The sentences of a streamed reply as they complete; ``seen`` gets each piece of text
+    kept (with "…" where the budget cut it). The stream is closed at the end, or at once on a
+    stop, which stops generation on the server."""
+    try:
+        async for delta in stream:
+            kept, sentences = reply.feed(delta)
+            if seen is not None:
+                seen(kept + ("…" if reply.stopped == "budget" else ""))
+            for sentence in sentences:
+                yield sentence
+            if reply.stopped:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+    for sentence in reply.finish():
+        yield sentence

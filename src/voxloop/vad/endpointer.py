@@ -5,17 +5,22 @@ fixed second). There is no minimum utterance length, so a one-word "yes" is a tu
 blips with less than ``min_speech_ms`` of voiced audio (a cough, a click) are ignored.
 Hysteresis (speech above ``threshold``, silence below ``threshold - 0.15``) keeps one word
 from being split at a soft consonant.
+
+How long a pause must last to end the turn depends on what is known about it (``adaptive``):
+at its first silent step voxloop starts a speculative reply and asks the turn model
+(:mod:`voxloop.vad.turn`) whether the voice sounds finished; the reply's transcript then says
+whether the words do (``hint``). See :meth:`SileroEndpointer.wait_ms` for how they combine.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from voxloop.errors import ModelNotFoundError
 from voxloop.events import SpeechEnded, SpeechStarted
 from voxloop.settings import VadSettings
 from voxloop.vad.base import Framer
@@ -26,19 +31,15 @@ STEP = 512  # Silero v6 at 16 kHz takes 512 new samples per call
 CONTEXT = 64  # ...plus the last 64 samples of the previous call
 QUIET = 0.15  # a step this unlike speech counts towards clearing Silero's memory
 TRAILING_S = 0.2  # silence kept after the last voiced step for the STT
+LEANS_FINISHED = 0.5  # the turn model's own boundary between finished and not
 
 
 def silero_model_path() -> Path:
-    """The Silero VAD v6 ONNX file that ships inside faster-whisper."""
-    import faster_whisper
+    """The Silero VAD v6 ONNX file that ships inside faster-whisper, its sha256 checked before
+    first use (:mod:`voxloop.vad.models`)."""
+    from voxloop.vad.models import silero
 
-    path = Path(faster_whisper.__file__).parent / "assets" / "silero_vad_v6.onnx"
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"Silero VAD model not found at {path}. Reinstall faster-whisper: "
-            "pip install --force-reinstall faster-whisper==1.2.1"
-        )
-    return path
+    return silero()
 
 
 class SileroVad:
@@ -81,6 +82,8 @@ class SileroEndpointer:
         self._off = settings.threshold - 0.15
         self._refresh_steps = round(settings.refresh_ms / 1000 * sample_rate / STEP)
         self._playing = False  # voxloop is speaking (see playback)
+        # hint() and turn() come from the event loop while feed() runs in the VAD thread.
+        self._lock = threading.Lock()
         self._start_new()
 
     def _start_new(self) -> None:
@@ -93,6 +96,12 @@ class SileroEndpointer:
         self._last_voiced_end = 0  # sample index just after the last voiced step
         self._silence = 0  # samples of silence since the last voiced step
         self._pause_reported = False  # a speculative SpeechEnded went out for this pause
+        self._forget_pause()
+
+    def _forget_pause(self) -> None:
+        self._pause: SpeechEnded | None = None  # the speculative end reported for this pause
+        self._words: bool | None = None  # the words sound finished (hint), unknown yet
+        self._turn_p: float | None = None  # the turn model's probability for this pause
         self._required = self.settings.end_silence_ms  # silence (ms) that ends this pause
 
     def reset(self) -> None:
@@ -103,9 +112,48 @@ class SileroEndpointer:
     def hint(self, complete: bool) -> None:
         """What the words so far say: a finished sentence ends the turn after a short pause,
         a phrase that is clearly not finished ("…and", "I'd like to") after a longer one."""
+        with self._lock:
+            if self._in_speech:
+                self._words = complete
+                self._required = self.wait_ms()
+
+    def turn(self, pause: SpeechEnded, probability: float) -> None:
+        """The turn model's probability that the speaker is done, for the speculative end
+        ``pause`` (ignored once that pause is over: the user went on, or the turn ended)."""
+        with self._lock:
+            if pause is self._pause:
+                self._turn_p = probability
+                self._required = self.wait_ms()
+
+    def wait_ms(self) -> int:
+        """The silence that ends the current pause, from what is known about it.
+
+        - Nothing yet (or no turn model): ``end_silence_ms``; the words alone:
+          ``complete_silence_ms`` if they sound finished, else ``incomplete_silence_ms``.
+        - The voice sounds surely finished (``turn_threshold``): ``turn_complete_ms``, unless the
+          words, if they come in time, are unfinished ("…recipe for?"): ``turn_incomplete_ms``.
+        - The voice leans to finished (p >= 0.5, the model's own boundary) and the words sound
+          finished: ``turn_unsure_ms``.
+        - Anything else: ``turn_incomplete_ms``, longer than people pause mid-phrase.
+
+        The voice is heard ~0.1 s into the pause, the words ~0.1-0.4 s: a finished question
+        ends after ``turn_complete_ms`` without waiting for them. Neither alone is trusted
+        more: Whisper ends "My number is 0 1 2" with a full stop, and the model hears synthetic
+        voices (espeak-ng) finish as often mid-phrase as at the end.
+        """
         s = self.settings
-        if self._in_speech and s.adaptive:
-            self._required = s.complete_silence_ms if complete else s.incomplete_silence_ms
+        if not s.adaptive:
+            return s.end_silence_ms
+        p, words = self._turn_p, self._words
+        if p is None:
+            if words is None:
+                return s.end_silence_ms
+            return s.complete_silence_ms if words else s.incomplete_silence_ms
+        if p >= s.turn_threshold:
+            return s.turn_incomplete_ms if words is False else s.turn_complete_ms
+        if p >= LEANS_FINISHED and words:
+            return s.turn_unsure_ms
+        return s.turn_incomplete_ms
 
     def playback(self, playing: bool) -> None:
         self._playing = playing
@@ -125,12 +173,13 @@ class SileroEndpointer:
 
     def feed(self, block: np.ndarray) -> list[SpeechStarted | SpeechEnded]:
         events: list[SpeechStarted | SpeechEnded] = []
-        start = self._framer.consumed
-        for i, step in enumerate(self._framer.frames(block)):
-            at = start + i * STEP
-            event = self._step(step, at)
-            if event is not None:
-                events.append(event)
+        with self._lock:
+            start = self._framer.consumed
+            for i, step in enumerate(self._framer.frames(block)):
+                at = start + i * STEP
+                event = self._step(step, at)
+                if event is not None:
+                    events.append(event)
         return events
 
     def _step(self, step: np.ndarray, at: int) -> SpeechStarted | SpeechEnded | None:
@@ -159,7 +208,7 @@ class SileroEndpointer:
             if self._pause_reported:
                 # The user went on after a pause voxloop had started answering: call it off.
                 self._pause_reported = False
-                self._required = s.end_silence_ms
+                self._forget_pause()
                 return SpeechStarted(at_s=at / self.rate, resumed=True)
             return self._maybe_announce()
         self._silence += STEP
@@ -173,7 +222,8 @@ class SileroEndpointer:
             and self._is_turn()
         ):
             self._pause_reported = True
-            return self._ended(at + STEP, final=False)
+            self._pause = self._ended(at + STEP, final=False)
+            return self._pause
         return None
 
     def _refresh(self, prob: float) -> None:
