@@ -86,7 +86,7 @@ def test_the_manifest_lists_every_bundle_and_marks_those_in_use(models_dir):
     from voxloop.llm.models import PRESETS
     from voxloop.stt.models import BUNDLED
 
-    files = manifest(Settings())
+    files = manifest(Settings(vad=VadSettings(turn_model=True)))
     names = {(m.stage, m.name) for m in files}
     assert names >= {("stt", n) for n in BUNDLED} | {("llm", n) for n in PRESETS}
     assert names >= {("vad", "silero"), ("tts", "heart")}

@@ -220,7 +220,7 @@ async def test_without_the_package_voxloop_endpoints_as_before_with_a_warning(
     synthesizer, monkeypatch, caplog
 ):
     samples = spoken_turns(synthesizer, [QUESTION])
-    settings = Settings()
+    settings = Settings(vad=VadSettings(turn_model=True))
     with_model = await _endpoint_wait(samples, settings)
     missing = dataclasses.replace(
         SMART_TURN, parts=(Part("voxloop-no-such-wheel", SMART_TURN.size, SMART_TURN.sha256, "x.onnx"),)
@@ -238,12 +238,12 @@ async def test_without_the_package_voxloop_endpoints_as_before_with_a_warning(
 def test_chat_a_finished_question_ends_sooner_with_the_turn_model(speech, voxloop, llm_server):
     wav = str(speech([QUESTION]))
     waits = {}
-    for flags in ((), ("--no-turn-model",)):
+    for flags in (("--turn-model",), ("--no-turn-model",)):
         run = voxloop("chat", "--input", wav, "--llm-url", llm_server, "--no-speak", "--json", *flags)
         assert run.code == 0, run.err
         (done,) = [e for e in run.events() if e["type"] == "turn_done"]
         waits[flags] = done["timings"]["endpoint_wait_ms"]
-    assert waits[()] <= 250 < waits[("--no-turn-model",)], waits
+    assert waits[("--turn-model",)] <= 250 < waits[("--no-turn-model",)], waits
 
 
 @pytest.mark.integration
@@ -253,11 +253,11 @@ def test_chat_a_pause_of_a_second_mid_phrase_is_one_turn(synthesizer, voxloop, l
         wav, cut_phrase(synthesizer, "I would like to", "order a large pizza with mushrooms.", 1.0), 16000
     )
     turns = {}
-    for flags in ((), ("--no-turn-model",)):
+    for flags in (("--turn-model",), ("--no-turn-model",)):
         run = voxloop("chat", "--input", str(wav), "--llm-url", llm_server, "--no-speak", "--json", *flags)
         assert run.code == 0, run.err
         turns[flags] = [e["user"] for e in run.events() if e["type"] == "turn_done"]
-    assert len(turns[()]) == 1, turns
-    assert wer("I would like to order a large pizza with mushrooms", turns[()][0]) <= 0.25
+    assert len(turns[("--turn-model",)]) == 1, turns
+    assert wer("I would like to order a large pizza with mushrooms", turns[("--turn-model",)][0]) <= 0.25
     # The control: on words alone ("…to": 0.9 s) a second's pause ends the turn.
     assert len(turns[("--no-turn-model",)]) == 2, turns

@@ -52,8 +52,9 @@ def _stt_flags(p: argparse.ArgumentParser) -> None:
 
 def _turn_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--no-turn-model", action="store_true", default=None,
-        help="end turns on silence and words alone, without the turn model (Smart Turn v3.2)",
+        "--turn-model", action=argparse.BooleanOptionalAction, default=None,
+        help="let the turn model (Smart Turn v3.2) set the endpoint wait (default off: it shortens "
+        "the wait but, as tuned today, delays first audio; see voxloop bench --endpointing)",
     )  # fmt: skip
 
 
@@ -292,8 +293,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             tree.setdefault(section, {})[key] = value
     if getattr(args, "no_speak", None):
         tree.setdefault("tts", {})["speak"] = False
-    if getattr(args, "no_turn_model", None):
-        tree.setdefault("vad", {})["turn_model"] = False
+    if getattr(args, "turn_model", None) is not None:
+        tree.setdefault("vad", {})["turn_model"] = args.turn_model
     if getattr(args, "system", None) is not None:
         tree["system_prompt"] = args.system
     return tree

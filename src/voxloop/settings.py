@@ -63,7 +63,9 @@ class VadSettings:
     # SileroEndpointer.wait_ms). It says 0.9+ at many pauses mid-phrase in synthetic voices, so
     # only a sure "finished" ends a turn soon (benchmarks/pauses cut at 0.95: 7.5%, 0.97: 3.8%),
     # and a turn it is unsure of waits out a pause mid-phrase (0.5-1.5 s; 1.2 s cut 7.7%).
-    turn_model: bool = True
+    # Off by default: on benchmarks/set it cut the endpoint wait to 224 ms p50, but first audio
+    # went from 491 / 702 ms to 690 / 1874 ms (p50 / p95) with today's thresholds.
+    turn_model: bool = False
     turn_threshold: float = 0.97  # its probability of a finished turn that ends the turn soon
     turn_complete_ms: int = 200  # silence that ends a turn it is sure of
     turn_unsure_ms: int = 1600  # ...one it leans to (p >= 0.5) and whose words sound finished
