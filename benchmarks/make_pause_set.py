@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from make_quality_set import VOICES as QUALITY_VOICES
 from make_quality_set import QualitySpeaker, QualityVoice
 from make_set import RATE, VOICED
 
@@ -41,16 +42,7 @@ FRAME = RATE // 100  # 10 ms
 MIN_GAP_S = 0.02  # quiet runs shorter than this are not where a voice paused
 SEED = 0
 
-VOICES: list[QualityVoice] = [
-    QualityVoice("hibari", "heart", 1.0),
-    QualityVoice("espeak-ng", "en-us+m3", 150),
-    QualityVoice("festival", "kal_diphone", 1.0),
-    QualityVoice("hibari", "heart", 0.9),
-    QualityVoice("espeak-ng", "en-gb+f2", 140),
-    QualityVoice("festival", "cmu_us_slt_arctic_hts", 1.0),
-    QualityVoice("hibari", "heart", 1.1),
-    QualityVoice("espeak-ng", "en-us+f2", 150),
-]
+VOICES: list[QualityVoice] = QUALITY_VOICES[:8]  # the quality set's first eight: three engines
 
 # Each comma is a pause inside the phrase; the text ends where the turn does.
 UTTERANCES: list[str] = [
