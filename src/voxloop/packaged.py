@@ -36,10 +36,11 @@ class Part:
     size: int
     sha256: str
     name: str = ""  # the file inside the package; "" = the bundle's chunk name for its place
+    imports: str = ""  # the package's import name, where it is not the distribution's (hibari-tts: hibari)
 
     @property
     def module(self) -> str:
-        return self.package.replace("-", "_")
+        return self.imports or self.package.replace("-", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +89,16 @@ def _package_dir(module: str) -> Path | None:
 
 def part_path(p: Bundle, index: int) -> Path | None:
     part = p.parts[index]
+    if part.name:
+        return _named_path(part)
     folder = _package_dir(part.module)
     if folder is None:
         return None
-    if part.name:
-        return folder / part.name
-    if not p.joined:
-        return folder / p.file
-    return folder / p.chunk.format(n=index + 1)
+    return folder / (p.file if not p.joined else p.chunk.format(n=index + 1))
 
 
-def _extra_path(part: Part) -> Path | None:
+def _named_path(part: Part) -> Path | None:
+    """A file the part names, in its package (None when the package is not installed)."""
     folder = _package_dir(part.module)
     return None if folder is None else folder / part.name
 
@@ -157,7 +157,7 @@ def _sources(p: Bundle) -> list[Path]:
         raise _missing(p, missing)
     found = [src for src in sources if src is not None]
     for part in p.extras:
-        src = _extra_path(part)
+        src = _named_path(part)
         if src is None or not src.is_file():
             raise _missing(p, [part])
         _check_size(p, part, src)
@@ -180,7 +180,7 @@ def _check_extras(p: Bundle) -> None:
     """Each extra file checked: copied beside a joined model file (atomically, as the model),
     or hashed where it lies beside a packaged one."""
     for part in p.extras:
-        src = _extra_path(part)
+        src = _named_path(part)
         assert src is not None  # _sources found it
         dest = beside(p, part)
         if not p.joined:

@@ -56,16 +56,6 @@ FRAMES = 800  # 8 s of 10 ms frames
 NORM_EPS = 1e-7  # transformers' WhisperFeatureExtractor's variance floor
 
 
-class _PipecatPart(Part):
-    """A file of pipecat-ai, whose import package is ``pipecat``, not ``pipecat_ai``."""
-
-    __slots__ = ()
-
-    @property
-    def module(self) -> str:
-        return "pipecat"
-
-
 _ONNX = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 _SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
 SMART_TURN = Bundle(
@@ -75,7 +65,7 @@ SMART_TURN = Bundle(
     version="1.14.0",
     size=8_679_182,
     sha256=_SHA256,
-    parts=(_PipecatPart("pipecat-ai", 8_679_182, _SHA256, _ONNX),),
+    parts=(Part("pipecat-ai", 8_679_182, _SHA256, _ONNX, imports="pipecat"),),
     license="BSD-2-Clause",  # the wheel carries it (pipecat_ai-1.14.0.dist-info/licenses/LICENSE)
     extra="",
     kind="turn model",
