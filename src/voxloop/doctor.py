@@ -7,7 +7,6 @@ that the settings pick, not pinned), and ``checks``, the lines of the human repo
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from voxloop import packaged
 from voxloop.errors import VoxloopError
 from voxloop.settings import Settings
 
@@ -85,10 +85,8 @@ def _package(name: str) -> Check:
 def _bundle(label: str, b: Bundle, chosen: bool) -> Check:
     """A packaged model: its size, whether it is installed and verified, whether it is in use.
     Only the one in use is a problem when missing; the others are choices."""
-    from voxloop import packaged
-
     state = packaged.status(b)
-    ok = state.startswith(("ready", "installed"))
+    ok = packaged.state(b) != "missing"
     if not ok:
         state = "not installed" + ("" if chosen else f" (optional: {b.install})")
     detail = f"{b.title}, {b.size / 1e6:,.0f} MB: {state}{' (in use)' if chosen else ''}"
@@ -165,30 +163,11 @@ def _turn_bundles(settings: Settings) -> list[tuple[Bundle, bool]]:
     return out
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "size": path.stat().st_size, "sha256": _hash(path)}
-
-
-def _state(b: Bundle) -> Literal["ready", "installed", "missing"]:
-    from voxloop import packaged
-
-    phrase = packaged.status(b)
-    if phrase.startswith("ready"):
-        return "ready"
-    return "installed" if phrase.startswith("installed") else "missing"
+    return {"path": str(path), "size": path.stat().st_size, "sha256": packaged.file_sha256(path)}
 
 
 def _pinned(stage: Stage, b: Bundle, in_use: bool) -> ModelFile:
-    from voxloop import packaged
-
     extras = tuple(
         {"path": str(packaged.beside(b, x)), "size": x.size, "sha256": x.sha256, "package": x.package}
         for x in b.extras
@@ -202,7 +181,7 @@ def _pinned(stage: Stage, b: Bundle, in_use: bool) -> ModelFile:
         package=", ".join(dict.fromkeys(p.package for p in b.parts)),
         version=b.version,
         sha256=b.sha256,
-        state=_state(b),
+        state=packaged.state(b),
         in_use=in_use,
         extras=extras,
     )
@@ -219,7 +198,7 @@ def _own(stage: Stage, name: str, title: str, path: Path) -> ModelFile:
         size=path.stat().st_size if there else 0,
         package="",
         version="",
-        sha256=_hash(path) if there else "",
+        sha256=packaged.file_sha256(path) if there else "",
         state="installed" if path.is_file() else "missing",
         in_use=True,
         pinned=False,

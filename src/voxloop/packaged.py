@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from voxloop.errors import ModelNotFoundError
 from voxloop.settings import models_dir
@@ -270,6 +270,22 @@ def ready(p: Bundle, progress: Progress | None = None) -> Path:
     _check_extras(p)
     _write_stamp(path, p)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read block by block."""
+    return _read(path, None, 0, 0)[0]
+
+
+def state(p: Bundle) -> Literal["ready", "installed", "missing"]:
+    """Verified and in place, installed (checked at first use), or missing or damaged."""
+    if assembled(p):
+        return "ready"
+    try:
+        _sources(p)
+    except ModelNotFoundError:
+        return "missing"
+    return "installed"
 
 
 def status(p: Bundle) -> str:

@@ -200,7 +200,9 @@ class Assistant:
             if self._turn_model is not None and isinstance(endpointer, TurnAware):
                 # Beside the reply's STT, in the model's own thread; one pause at a time.
                 if self._turn_check is not None and not self._turn_check.done():
-                    self._turn_check.cancel()
+                    self._turn_check.cancel()  # the pause it was for is over
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._turn_check
                 self._turn_check = asyncio.create_task(self._check_turn(self._turn_model, event, endpointer))
             if not realtime:
                 # A file read faster than real time: let the voice and the words steer the
