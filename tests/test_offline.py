@@ -211,8 +211,11 @@ def test_a_spoken_conversation_with_no_network(offline):
     )
     assert proc.returncode == 0, proc.stderr
     done = [json.loads(line) for line in proc.stdout.splitlines() if '"turn_done"' in line]
-    assert len(done) >= 3, proc.stdout  # the sample's turns, each heard and answered
-    assert all(t["user"].strip() and t["assistant"].strip() and t["error"] is None for t in done), done
+    # The sample's two questions, each heard and answered.
+    assert [("puppy" in t["user"], "spider" in t["user"]) for t in done] == [(True, False), (False, True)], (
+        proc.stdout
+    )
+    assert all(t["assistant"].strip() and t["error"] is None for t in done), done
     assert "Starting the embedded LLM" in proc.stderr  # the replies came from a server in the namespace
     assert "'chat'" in procs  # the recorder was loaded in voxloop's process
     assert notes == ""
