@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.events import TurnDone
 from voxloop.llm import ChatModel
+from voxloop.server.openai_audio import openai_routes
 from voxloop.server.session import MAX_CONTROL_BYTES, Session
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
@@ -253,6 +254,7 @@ def build_app(state: ServerState) -> Starlette:
             Route("/health", health),
             Route("/metrics", metrics),
             WebSocketRoute("/ws", ws),
+            *openai_routes(state),  # /v1/audio/transcriptions, /v1/audio/speech, /v1/models
         ],
     )
 

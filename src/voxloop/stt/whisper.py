@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +67,22 @@ class Segment:
     no_speech_prob: float
     avg_logprob: float
     compression_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimedSegment:
+    """A piece of a longer recording with its place in it, as OpenAI's verbose_json lists them."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
 
 
 def _repeats_itself(text: str, n: int = 4) -> bool:
@@ -206,6 +222,48 @@ class WhisperTranscriber:
                     "dropped %r (no_speech=%.2f logprob=%.2f)", seg.text, seg.no_speech_prob, seg.avg_logprob
                 )
         return clean_text(" ".join(kept))
+
+    def timed_segments(
+        self, audio: np.ndarray, language: str = "", prompt: str = "", temperature: float = 0.0
+    ) -> tuple[str, Iterator[TimedSegment]]:
+        """A recording of any length in Whisper's 30 s windows, with times: its language (fixed or
+        detected here) and its segments, kept by the rules of :meth:`transcribe`. The segments
+        are decoded as they are read: iterate them in the caller's worker thread.
+
+        A segment's compression ratio is its own text's: faster-whisper gives each the ratio of
+        its whole window, and a window of real speech that repeats itself (a list read out, a
+        chorus) would otherwise be dropped entire, as a looping decoder is."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        if language and language != "en" and not self.model.model.is_multilingual:
+            raise ConfigError(f"This Whisper model understands English only; {language!r} was asked for.")
+        if language and language not in self.model.supported_languages:
+            raise ConfigError(f"Whisper does not know the language {language!r}. Pass a two-letter code.")
+        s = self.settings
+        found, info = self.model.transcribe(
+            audio.astype(np.float32, copy=False),
+            language=language or s.language or None,
+            initial_prompt=prompt or None,
+            beam_size=s.beam_size,
+            temperature=temperature,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+
+        def kept() -> Iterator[TimedSegment]:
+            n = 0
+            for g in found:
+                text = clean_text(g.text)
+                ratio = get_compression_ratio(text) if text else 0.0
+                if not text or not self._keep(Segment(text, g.no_speech_prob, g.avg_logprob, ratio)):
+                    continue
+                yield TimedSegment(
+                    n, g.seek, g.start, g.end, text, tuple(g.tokens), g.temperature or temperature,
+                    g.avg_logprob, ratio, g.no_speech_prob,
+                )  # fmt: skip
+                n += 1
+
+        return info.language, kept()
 
     def _decode_30s(self, audio: np.ndarray) -> list[Segment]:
         """faster-whisper's own path: the encoder sees the audio padded to 30 s."""

@@ -66,17 +66,19 @@ class HibariSynthesizer:
     def warm_up(self) -> None:
         self.synthesize("Ready.")
 
-    def synthesize(self, text: str) -> np.ndarray:
-        """The text's audio. A piece hibari cannot read is read again with every number spelled
-        digit by digit, and failing that is skipped (empty audio), never the end of a turn."""
+    def synthesize(self, text: str, speed: float = 1.0) -> np.ndarray:
+        """The text's audio, ``speed`` times the configured pace. A piece hibari cannot read is
+        read again with every number spelled digit by digit, and failing that is skipped (empty
+        audio), never the end of a turn."""
         for attempt in (respell_numbers(text), respell_numbers(text, longest=1)):
             try:
-                return self._voice(attempt)
+                return self._voice(attempt, speed)
             except Exception:
                 log.debug("hibari could not read %r", attempt, exc_info=True)
         log.warning("the voice could not read %r; skipped", text[:80])
         return np.zeros(0, np.float32)
 
-    def _voice(self, text: str) -> np.ndarray:
+    def _voice(self, text: str, speed: float = 1.0) -> np.ndarray:
         seed = self.settings.seed if self.settings.seed >= 0 else None
-        return np.asarray(self.tts(text, speed=self.settings.speed, seed=seed), dtype=np.float32)
+        pace = self.settings.speed * speed
+        return np.asarray(self.tts(text, speed=pace, seed=seed), dtype=np.float32)
