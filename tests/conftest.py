@@ -267,16 +267,22 @@ class Run:
 
 
 @pytest.fixture
-def voxloop(tmp_path) -> Callable[..., Run]:
-    """voxloop("chat", "--input", f) runs the real CLI in a subprocess, no TTY, no sound card."""
-    # Greedy decoding: the same question gets the same reply on every run.
-    env = {
+def voxloop_env(tmp_path) -> dict[str, str]:
+    """The environment the CLI runs in for a test: its own home and config, greedy decoding
+    (the same question gets the same reply on every run), the test preset."""
+    return {
         **os.environ,
         "VOXLOOP_HOME": str(tmp_path / "home"),
         "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
         "VOXLOOP_LLM_TEMPERATURE": "0",
         "VOXLOOP_LLM_PRESET": TEST_PRESET,
     }
+
+
+@pytest.fixture
+def voxloop(voxloop_env) -> Callable[..., Run]:
+    """voxloop("chat", "--input", f) runs the real CLI in a subprocess, no TTY, no sound card."""
+    env = voxloop_env
 
     def run(*args: str, timeout: float = 300, extra_env: dict[str, str] | None = None) -> Run:
         proc = subprocess.run(

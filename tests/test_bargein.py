@@ -44,6 +44,7 @@ class StoryChat:
 
     model = "story"
     context_tokens = 4096
+    takes_tools = False
 
     def __init__(self) -> None:
         self.requests: list[list[Message]] = []

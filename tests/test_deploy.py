@@ -55,6 +55,9 @@ def test_gpu_profiles_carry_the_reference_flags(name):
     assert _has_flags(run, REFERENCE_GPU_FLAGS)
     if name == "llama3-70b":
         assert args[args.index("--tensor-parallel-size") + 1] == "4"
+    # voxloop's tools: vLLM parses the model's calls only when told to.
+    parser = {"mistral-7b": "mistral", "llama3-70b": "llama3_json"}[name]
+    assert "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == parser
 
 
 def test_cpu_profile_is_what_ci_runs():

@@ -189,6 +189,7 @@ class Words:
 class Chat:
     model = "fake"
     context_tokens = 2048
+    takes_tools = False
 
     async def connect(self) -> None:
         return None

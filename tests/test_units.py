@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from voxloop.audio.sink import NullSink
-from voxloop.conversation import Conversation, estimate_tokens
+from voxloop.conversation import Conversation, Exchange, estimate_tokens
 from voxloop.errors import (
     ConfigError,
     LLMContextOverflowError,
@@ -187,6 +187,21 @@ def test_a_trimmed_history_keeps_the_same_beginning_for_many_turns():
     assert len(conv.request("next", 1000, 100)) == 4
 
 
+def test_a_prefill_during_the_reply_sends_the_history_the_next_turn_will_send():
+    """The prefill made while a reply plays (its exchange not added yet) reads exactly the
+    beginning that the next request sends, across the trims of a long conversation."""
+    conv = Conversation("SYSTEM")
+    for i in range(60):
+        pending = Exchange(f"question {i} " + "x" * 60, f"answer {i} " + "y" * 60)
+        prefill = conv.request("", context_tokens=1000, reply_tokens=100, pending=pending)
+        assert prefill[-3:-1] == [
+            {"role": "user", "content": pending.user},
+            {"role": "assistant", "content": pending.assistant},
+        ]
+        conv.add(pending.user, pending.assistant)
+        assert conv.request(f"next {i}", 1000, 100)[:-1] == prefill[:-1]
+
+
 # -- the OpenAI client against canned HTTP answers ---------------------------------------------
 def _sse(*pieces: str) -> bytes:
     lines = ["data: " + json.dumps({"choices": [{"delta": {"content": p}, "index": 0}]}) for p in pieces]
@@ -313,6 +328,7 @@ class FakeChat:
 
     model = "fake"
     context_tokens = 2048
+    takes_tools = False
 
     def __init__(self, fail: set[int] | None = None) -> None:
         self.fail = fail or set()

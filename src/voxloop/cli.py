@@ -68,6 +68,19 @@ def _preset_flag(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _tools_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools", dest="model_calls", choices=["auto", "on", "off"], default=None,
+        help="offer the LLM the clock, the calculator and timers to call (default auto: for a "
+        "server of your own whose model knows tools; plain requests are answered from the words "
+        "on any model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-tools", dest="tools_enabled", action="store_false", default=None,
+        help="no clock, calculator, timers or plugins at all",
+    )  # fmt: skip
+
+
 def _served_llm_flags(p: argparse.ArgumentParser, system: str) -> None:
     """The LLM of a server voxloop runs for others (`serve`, `wyoming`)."""
     p.add_argument(
@@ -117,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", default=None, help="one JSON object per line on stdout")
     _stt_flags(chat)
     _turn_flag(chat)
+    _tools_flag(chat)
     _common(chat)
 
     tr = sub.add_parser("transcribe", help="print what is said in a recording")
@@ -198,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --quality: the embedded presets to compare in one run (e.g. tiny,small,base)",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", default=None, help="results as one JSON object")
+    _tools_flag(bench)
     _common(bench)
 
     srv = sub.add_parser("serve", help="the voice web page: many conversations at once in browser tabs")
@@ -216,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a host name the page is opened by, besides loopback and --host (e.g. voice.lan)",
     )  # fmt: skip
     _served_llm_flags(srv, "system prompt")
+    _tools_flag(srv)
     _common(srv)
 
     _wyoming_parser(sub)
@@ -282,6 +298,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "vad": ("vad", "engine"),
         "end_silence_ms": ("vad", "end_silence_ms"),
         "voice": ("tts", "voice"),
+        "model_calls": ("tools", "model_calls"),
+        "tools_enabled": ("tools", "enabled"),
         "output_dir": ("output", "output_dir"),
         "json": ("output", "json"),
         "debug": ("output", "debug"),

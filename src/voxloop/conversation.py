@@ -14,16 +14,26 @@ from voxloop.llm import Message
 # tokens of chat-template framing per message: trimming a little early beats overflowing.
 _CHARS_PER_TOKEN = 3.0
 _PER_MESSAGE = 8
+NEW_TURN_TOKENS = 80  # a long spoken question (~240 characters)
 
 
 def estimate_tokens(messages: list[Message]) -> int:
-    return sum(int(len(m["content"]) / _CHARS_PER_TOKEN) + _PER_MESSAGE for m in messages)
+    return sum(
+        int(len(str(m.get("content") or "")) / _CHARS_PER_TOKEN)
+        + int(len(str(m.get("tool_calls") or "")) / _CHARS_PER_TOKEN)
+        + _PER_MESSAGE
+        for m in messages
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
     user: str
     assistant: str
+    # The tool calls made on the way and their results, as sent to the model: kept, so later
+    # turns see how earlier questions were answered (a small model that sees only plain
+    # answers in its history stops calling tools).
+    steps: tuple[Message, ...] = ()
 
 
 class Conversation:
@@ -45,36 +55,55 @@ class Conversation:
         self._first = 0  # the oldest exchange still sent
 
     def request(
-        self, user_text: str, context_tokens: int, reply_tokens: int, drop_oldest: int = 0
+        self,
+        user_text: str,
+        context_tokens: int,
+        reply_tokens: int,
+        drop_oldest: int = 0,
+        pending: Exchange | None = None,
     ) -> list[Message]:
         """Messages for the next reply: the system prompt always, then the exchanges from the
         current start of the history (see the class), then the new user turn.
         ``drop_oldest``: the history starts at that exchange or later from now on (a retry after
         the server said it overflowed: the estimate was off for this model).
+        ``pending``: an exchange not added yet (a reply still playing), counted and sent as if it
+        were, so a prefill reads the history as the next request will send it.
         """
+        exchanges = self.exchanges + ([pending] if pending is not None else [])
         head: list[Message] = (
             [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         )
         tail: list[Message] = [{"role": "user", "content": user_text}]
-        budget = context_tokens - reply_tokens - estimate_tokens(head + tail)
-        self._first = min(len(self.exchanges), max(self._first, drop_oldest))
-        costs = [estimate_tokens(self._pair(ex)) for ex in self.exchanges]
+        # Room for a new turn of any usual length, so a prefill (with no words yet) trims the
+        # history exactly where the request after it will.
+        budget = (
+            context_tokens
+            - reply_tokens
+            - estimate_tokens(head)
+            - max(NEW_TURN_TOKENS, estimate_tokens(tail))
+        )
+        self._first = min(len(exchanges), max(self._first, drop_oldest))
+        costs = [estimate_tokens(self._pair(ex)) for ex in exchanges]
         if sum(costs[self._first :]) > budget:
             # Full: start again from the newest exchanges that fill half of it (or fewer).
-            kept, first = 0, len(self.exchanges)
+            kept, first = 0, len(exchanges)
             while first > 0 and kept + costs[first - 1] <= budget * self.KEEP_AFTER_TRIM:
                 first -= 1
                 kept += costs[first]
             self._first = max(self._first, first)
-        history = [m for ex in self.exchanges[self._first :] for m in self._pair(ex)]
+        history = [m for ex in exchanges[self._first :] for m in self._pair(ex)]
         return head + history + tail
 
     @staticmethod
     def _pair(ex: Exchange) -> list[Message]:
-        return [{"role": "user", "content": ex.user}, {"role": "assistant", "content": ex.assistant}]
+        return [
+            {"role": "user", "content": ex.user},
+            *ex.steps,
+            {"role": "assistant", "content": ex.assistant},
+        ]
 
-    def add(self, user: str, assistant: str) -> None:
-        self.exchanges.append(Exchange(user, assistant))
+    def add(self, user: str, assistant: str, steps: tuple[Message, ...] = ()) -> None:
+        self.exchanges.append(Exchange(user, assistant, steps))
 
 
 class ConversationLog:

@@ -103,6 +103,40 @@ class ErrorEvent:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolUsed:
+    """The model called a tool in its reply: what it asked for, and what came back (or why
+    nothing did)."""
+
+    name: str
+    arguments: str  # the JSON text the model wrote
+    result: str | None
+    error: str | None = None
+    ms: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": "tool",
+            "name": self.name,
+            "arguments": self.arguments,
+            "result": self.result,
+            "error": self.error,
+            "ms": round(self.ms, 1),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """voxloop speaks up between turns (a timer rang); ``samples`` is the spoken notice."""
+
+    text: str
+    samples: np.ndarray | None = field(default=None, repr=False)
+    sample_rate: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "notice", "text": self.text}
+
+
 Event = (
     Ready
     | SpeechStarted
@@ -113,4 +147,6 @@ Event = (
     | TurnDone
     | Interrupted
     | ErrorEvent
+    | ToolUsed
+    | Notice
 )

@@ -25,14 +25,27 @@ from voxloop.audio import save_wav
 from voxloop.audio.aec import EchoCanceller
 from voxloop.audio.sink import AudioSink
 from voxloop.audio.sources import AudioSource
-from voxloop.conversation import Conversation, ConversationLog
-from voxloop.events import ErrorEvent, Interrupted, Ready, SpeechEnded, SpeechStarted, Transcript, TurnDone
+from voxloop.conversation import Conversation, ConversationLog, Exchange
+from voxloop.events import (
+    ErrorEvent,
+    Interrupted,
+    Notice,
+    Ready,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+    TurnDone,
+)
 from voxloop.llm import ChatModel
 from voxloop.printer import Printer
 from voxloop.reply import Models, ReplyJob, sounds_finished
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
 from voxloop.stt.interim import InterimTranscriber
+from voxloop.tools import Toolbox
+from voxloop.tools.mcp_stdio import McpServers
+from voxloop.tools.offer import conversation_toolbox
+from voxloop.tools.timers import Timers
 from voxloop.tts import Synthesizer
 from voxloop.vad import Endpointer, make_endpointer
 from voxloop.vad.turn import TurnAware, TurnModel, shared_turn_model, words_finished
@@ -86,6 +99,9 @@ class Assistant:
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
         self._input_done = False
         self._held = False  # playback paused on a voiced step that is not yet a barge-in
+        self.timers = Timers(self._ring)
+        self.toolbox = Toolbox()  # chosen in run(), once the model is known
+        self._notices: set[asyncio.Task[None]] = set()  # timers ringing, being voiced
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, source: AudioSource, endpointer: Endpointer | None = None) -> list[TurnDone]:
@@ -97,7 +113,7 @@ class Assistant:
             # Loaded (and its hash checked) once per process, off the event loop.
             self._turn_model = await loop.run_in_executor(None, shared_turn_model)
         fed = 0
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             vad_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vad"))
             stt_thread: Executor
             tts_thread: Executor
@@ -109,6 +125,11 @@ class Assistant:
             self.models = Models(
                 self.transcriber, self.chat, self.synthesizer, self.sink, stt_thread, tts_thread
             )
+            # Started in this task and stopped by it: the MCP SDK's streams belong to one task.
+            tools = self.settings.tools
+            servers = await stack.enter_async_context(McpServers(tools.mcp if tools.enabled else ()))
+            embedded = not self.settings.llm.urls
+            self.toolbox = conversation_toolbox(tools, self.chat, self.timers, embedded, servers.tools)
             try:
                 async for block in source.blocks():
                     if fed == 0 and source.started_at is not None:
@@ -137,6 +158,14 @@ class Assistant:
                     if task is not None and not task.done():
                         task.cancel()
                 self._hold_playback(False)
+                left = await self.timers.aclose()
+                if left:
+                    self.printer.emit(
+                        Notice(f"The conversation ended with a timer running: {', '.join(left)}.")
+                    )
+                for notice in self._notices:
+                    notice.cancel()
+                await asyncio.gather(*self._notices, return_exceptions=True)
         await self.sink.drain()
         return self.done
 
@@ -250,7 +279,22 @@ class Assistant:
             after=self._last_turn,
             on_words=on_words,
             warming=self._warming,
+            toolbox=self.toolbox,
+            filler=self.settings.tools.filler,
         )
+
+    def _ring(self, text: str) -> None:
+        """A timer rang: voice the notice now, after any reply still playing."""
+        task = asyncio.create_task(self._notice(text))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _notice(self, text: str) -> None:
+        loop = asyncio.get_running_loop()
+        synth = self.synthesizer
+        samples = await loop.run_in_executor(self.models.tts_thread, synth.synthesize, text)
+        self.printer.emit(Notice(text, samples, synth.sample_rate))
+        await self.sink.play(samples)
 
     async def _cancel_spec(self) -> None:
         if self._spec is not None:
@@ -281,7 +325,7 @@ class Assistant:
         if text:
             self.printer.emit(Transcript(text=text, stt_ms=0.0, partial=True))
 
-    def _prefill(self, user_text: str) -> None:
+    def _prefill(self, user_text: str, pending: Exchange | None = None) -> None:
         """Let the LLM server read the system prompt and the history into its prompt cache while
         the user is still talking, so the reply's request only has the new words to read
         (llama.cpp: ~4 ms a token on 2 cores). Not the partial transcripts: reading those near
@@ -289,9 +333,12 @@ class Assistant:
         if self._warming is not None and not self._warming.done():
             return  # one at a time
         messages = self.conversation.request(
-            user_text, self.chat.context_tokens, self.settings.llm.max_tokens
+            user_text, self.chat.context_tokens, self.settings.llm.max_tokens, pending=pending
         )
-        self._warming = asyncio.create_task(self.chat.prefill(messages))
+        tools = self.toolbox.schemas() if self.toolbox and self.toolbox.for_model else None
+        self._warming = asyncio.create_task(
+            self.chat.prefill(messages, tools) if tools else self.chat.prefill(messages)
+        )
 
     # -- finishing a turn -------------------------------------------------------------------------
     def _audio_time(self, job: ReplyJob, wall: float) -> float:
@@ -303,6 +350,11 @@ class Assistant:
 
     async def _complete(self, job: ReplyJob, final: SpeechEnded) -> TurnDone | None:
         r = await job.finish()
+        if self._t0 is not None and r.user and r.sentences and not (r.error or job.interrupted):
+            # While the reply plays, the server reads it into its prompt cache as the history
+            # will hold it; after a trim of the history that is seconds of reading, which the
+            # next question would otherwise wait for.
+            self._prefill("", pending=Exchange(r.user, " ".join(r.sentences), tuple(r.steps)))
         # The history gets the reply once it has been heard, or what was heard of it if the
         # user talks over it first (or the input ends).
         while not (job.interrupted or self._input_done or self.sink.played_total >= job.queued_end):
@@ -339,7 +391,7 @@ class Assistant:
             assistant = f"{assistant} …" if assistant else ""
         audio_path = None
         if assistant:
-            self.conversation.add(r.user, assistant)
+            self.conversation.add(r.user, assistant, tuple(r.steps))
             if self.output_dir is not None and r.audio:
                 wav = self.output_dir / f"turn-{index:03d}.wav"
                 audio_path = str(save_wav(wav, np.concatenate(r.audio), self.synthesizer.sample_rate))

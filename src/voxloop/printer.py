@@ -11,10 +11,12 @@ from voxloop.events import (
     ErrorEvent,
     Event,
     Interrupted,
+    Notice,
     Ready,
     ReplyDelta,
     SpeechEnded,
     SpeechStarted,
+    ToolUsed,
     Transcript,
     TurnDone,
 )
@@ -60,6 +62,13 @@ class HumanPrinter:
                 self.out.write(f"\033[2m      {line}\033[0m\n" if self._dim else f"      {line}\n")
         elif isinstance(event, Interrupted):
             self.out.write(" [interrupted]")
+        elif isinstance(event, ToolUsed):
+            outcome = event.result if event.error is None else f"failed: {event.error}"
+            shown = outcome if len(outcome or "") <= 70 else (outcome or "")[:69] + "…"
+            self.out.write(f" [{event.name} → {shown}]")
+        elif isinstance(event, Notice):
+            self.out.write(("\n" if self._replying else "") + f"AI  : {event.text}\n")
+            self._replying = False
         elif isinstance(event, ErrorEvent):
             if self._replying:
                 self.out.write("\n")
@@ -123,6 +132,8 @@ class JsonPrinter:
             )
         elif isinstance(event, Interrupted):
             self._write({"type": "interrupted", "at_s": round(event.at_s, 3), "spoken": event.spoken})
+        elif isinstance(event, ToolUsed | Notice):
+            self._write(event.to_dict())
         elif isinstance(event, ErrorEvent):
             self._write({"type": "error", "message": event.message})
             self.err.write(f"error: {event.message}\n")

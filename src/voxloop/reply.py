@@ -27,10 +27,13 @@ import numpy as np
 from voxloop.audio.sink import AudioSink
 from voxloop.conversation import Conversation
 from voxloop.errors import LLMContextOverflowError, LLMError
-from voxloop.events import AudioChunk, ErrorEvent, Event, ReplyDelta, SpeechEnded, Transcript
-from voxloop.llm import ChatModel
+from voxloop.events import AudioChunk, ErrorEvent, Event, ReplyDelta, SpeechEnded, ToolUsed, Transcript
+from voxloop.llm import ChatModel, Message
 from voxloop.settings import LlmSettings
 from voxloop.stt import Transcriber
+from voxloop.tools import Toolbox, ToolCall, ToolFailure
+from voxloop.tools.intents import Intent, heard_intent
+from voxloop.tools.textcalls import calls_in_text
 from voxloop.tts import Synthesizer
 from voxloop.tts.pacing import paced
 from voxloop.tts.sentences import SpokenReply, spoken
@@ -41,6 +44,7 @@ PREFILL_WAIT_S = 0.5  # longest wait for a prompt-cache prefill to finish before
 # voxloop's own budget for a reply, whatever the server does with max_tokens: characters per
 # token asked for (English runs ~4; twice that leaves room for long words and numbers).
 CHARS_PER_TOKEN = 8
+MAX_TOOL_ROUNDS = 3  # tool calls, then their results read, at most this often in one reply
 STALL_NOTICE_S = 5.0  # a server silent this long mid-reply is worth telling the user about
 # Said when the model's reply had nothing speakable twice (symbols only, a loop cut at once).
 NOTHING_TO_SAY = "Sorry, I lost my words there. Could you ask again?"
@@ -86,6 +90,7 @@ class Models:
 class ReplyResult:
     user: str = ""
     sentences: list[str] = field(default_factory=list)  # as spoken: what the history keeps
+    steps: list[Message] = field(default_factory=list)  # tool calls and results on the way
     audio: list[np.ndarray] = field(default_factory=list)
     error: str | None = None
     stt_ms: float = 0.0
@@ -108,8 +113,12 @@ class ReplyJob:
         after: Awaitable[object] | None = None,
         on_words: Callable[[str], None] | None = None,
         warming: asyncio.Task[None] | None = None,
+        toolbox: Toolbox | None = None,
+        filler: str = "",
     ) -> None:
         self.models = models
+        self.toolbox = toolbox  # the tools the model may call (None or empty: none)
+        self.filler = filler  # said while a tool runs, if nothing was said before it
         self.conversation = conversation
         self.llm = llm
         self.speech = speech
@@ -246,6 +255,9 @@ class ReplyJob:
         if self._after is not None:
             # Shielded: calling this job off must not call off the turn before it.
             await asyncio.shield(self._after)
+        if self.toolbox and (intent := heard_intent(r.user, set(self.toolbox.tools))):
+            await self._act(intent)  # a plain request for a built-in action: no model needed
+            return
         if self._warming is not None and not self._warming.done():
             # A request sent now would go to another server slot, with none of the prompt cached.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -287,9 +299,73 @@ class ReplyJob:
                 r.llm_first_token_ms = (time.perf_counter() - started) * 1000
             self._out(ReplyDelta(text))
 
-        reply = SpokenReply(self.llm.max_tokens * CHARS_PER_TOKEN)
-        async for sentence in spoken(self._watched(chat.stream(messages)), reply, seen):
-            self._say(sentence, started)
+        tools = self.toolbox.schemas() if self.toolbox and self.toolbox.for_model else None
+        for _ in range(MAX_TOOL_ROUNDS):
+            reply = SpokenReply(self.llm.max_tokens * CHARS_PER_TOKEN)
+            calls: list[ToolCall] = []
+            stream = chat.stream(messages)
+            if tools and self.toolbox is not None:
+                # Calls the server parsed, and calls a small model wrote as text.
+                stream = calls_in_text(
+                    chat.stream(messages, tools=tools, calls=calls), self.toolbox.tools, calls
+                )
+            async for sentence in spoken(self._watched(stream), reply, seen):
+                self._say(sentence, started)
+            if not calls or reply.stopped:
+                return
+            answers = await self._use_tools(reply.text, calls, started)
+            if answers is None:
+                return
+            messages = [*messages, *answers]
+            self.result.steps += answers
+        log.warning("the model still asked for tools after %d rounds; stopped", MAX_TOOL_ROUNDS)
+
+    async def _act(self, intent: Intent) -> None:
+        """Answer a request heard in the words by running its tool: one sentence, or the
+        tool's apology."""
+        assert self.toolbox is not None
+        started = time.perf_counter()
+        try:
+            result = await self.toolbox.run(intent.call)
+        except ToolFailure as failure:
+            self._out(
+                ToolUsed(intent.call.name, intent.call.arguments, None, str(failure), self._ms(started))
+            )
+            said = failure.spoken
+        else:
+            self._out(ToolUsed(intent.call.name, intent.call.arguments, result, None, self._ms(started)))
+            said = intent.answer(result)
+        self.result.llm_total_ms = self._ms(started)
+        self._out(ReplyDelta(said))
+        self._say(said, started)
+
+    @staticmethod
+    def _ms(since: float) -> float:
+        return (time.perf_counter() - since) * 1000
+
+    async def _use_tools(self, text: str, calls: list[ToolCall], started: float) -> list[Message] | None:
+        """Run the calls the model asked for (saying the filler first if nothing was said yet);
+        return the messages that give the model their results, or None when a call failed: its
+        apology is said instead, and the reply ends there."""
+        assert self.toolbox is not None
+        if not self.result.sentences and self.filler:
+            self._out(ReplyDelta(self.filler + " "))
+            self._say(self.filler, started)
+        t0 = time.perf_counter()
+        outcomes = await asyncio.gather(*(self.toolbox.run(c) for c in calls), return_exceptions=True)
+        ms = (time.perf_counter() - t0) * 1000
+        results: list[Message] = []
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                spoken_error = outcome.spoken if isinstance(outcome, ToolFailure) else "Sorry, that failed."
+                self._out(ToolUsed(call.name, call.arguments, None, str(outcome), ms))
+                self._out(ReplyDelta(spoken_error))
+                self._say(spoken_error, started)
+                return None
+            self._out(ToolUsed(call.name, call.arguments, outcome, None, ms))
+            results.append({"role": "tool", "tool_call_id": call.id, "content": outcome})
+        asked: Message = {"role": "assistant", "content": text, "tool_calls": [c.message() for c in calls]}
+        return [asked, *results]
 
     async def _watched(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
         """The stream's pieces; a server silent for ``STALL_NOTICE_S`` mid-reply is told to the

@@ -155,6 +155,26 @@ class TtsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSettings:
+    """Voice actions: functions the LLM may call during a turn."""
+
+    enabled: bool = True  # the clock, the calculator, timers (and plugins named below)
+    # Whether the LLM is offered the tools to call (requests carry `tools`). auto: for a server
+    # of your own (vLLM...) whose model's template knows tools; not for the embedded presets,
+    # which called them unreliably (measured: they dropped calls after the first turn). Plain
+    # requests ("what time is it", "what is 37 times 43", "set a timer for five minutes") are
+    # answered from the words on any model.
+    model_calls: Literal["auto", "on", "off"] = "auto"
+    allow: tuple[str, ...] = ()  # built-in tools to offer (empty: all of them)
+    # Tools that act on the world are off until named here: plugins by their entry point name
+    # (group "voxloop.tools"), MCP servers over stdio as "NAME=COMMAND ARG…".
+    plugins: tuple[str, ...] = ()
+    mcp: tuple[str, ...] = ()
+    filler: str = "Let me check."  # said while a tool runs if nothing was said yet ("": none)
+    timeout_s: float = 10.0  # a call that takes longer is a spoken apology
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSettings:
     """What voxloop writes and prints."""
 
@@ -170,10 +190,11 @@ class Settings:
     stt: SttSettings = field(default_factory=SttSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
+    tools: ToolSettings = field(default_factory=ToolSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
 
-_SECTIONS = ("vad", "stt", "llm", "tts", "output")
+_SECTIONS = ("vad", "stt", "llm", "tts", "tools", "output")
 
 
 def data_dir() -> Path:
@@ -325,6 +346,7 @@ __all__ = [
     "OutputSettings",
     "Settings",
     "SttSettings",
+    "ToolSettings",
     "TtsSettings",
     "VadSettings",
     "apply_changes",

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-Message = dict[str, str]
+if TYPE_CHECKING:
+    from voxloop.tools import ToolCall
+
+# A chat message: role and content, and for tool calling the assistant's ``tool_calls`` and a
+# ``tool`` message's ``tool_call_id``.
+Message = dict[str, Any]
 
 
 class ChatModel(Protocol):
@@ -22,15 +27,29 @@ class ChatModel(Protocol):
     def context_tokens(self) -> int:
         """The context window in tokens, for trimming the history."""
 
+    @property
+    def takes_tools(self) -> bool:
+        """Whether requests may carry ``tools`` (known after connect; may turn False later)."""
+
     async def connect(self) -> None:
         """Check the server answers and pick the model; raise an LLMError that says why not."""
 
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+    def stream(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> AsyncIterator[str]:
+        """The reply's text as it streams. With ``tools`` (OpenAI function schemas) the model
+        may call them instead of or after some text: the calls, whole, are appended to
+        ``calls`` when the stream ends."""
+        ...
 
-    async def prefill(self, messages: list[Message]) -> None:
+    async def prefill(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> None:
         """Have the server read ``messages`` into its prompt cache ahead of the real request
         (while the user is still talking), so the reply's first token comes sooner. Best
-        effort: never raises."""
+        effort: never raises. ``tools``: as the reply's request will carry them (they are part
+        of the prompt)."""
 
     async def aclose(self) -> None: ...
 

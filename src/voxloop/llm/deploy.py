@@ -21,12 +21,20 @@ REFERENCE_GPU_FLAGS = (
 IMAGE = "nvcr.io/nvidia/vllm:25.11-py3"
 
 
+def tool_flags(parser: str) -> tuple[str, ...]:
+    """vLLM parses a model's tool calls only when told how (voxloop's clock, calculator and
+    timers); without these it answers HTTP 400 to any request with tools, and voxloop goes on
+    without them."""
+    return ("--enable-auto-tool-choice", "--tool-call-parser", parser)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     model_dir: str  # where the weights are, inside the container (or on this machine)
     hf_repo: str  # where to download them from, once, with `hf download`
     flags: tuple[str, ...] = REFERENCE_GPU_FLAGS
+    tools: tuple[str, ...] = ()  # tool_flags(parser) for a model family vLLM parses calls of
     tensor_parallel: int = 1
     env: dict[str, str] = field(default_factory=dict)
     gpu: bool = True
@@ -35,11 +43,17 @@ class Profile:
 PROFILES = {
     p.name: p
     for p in (
-        Profile("mistral-7b", "/models/mistral-7b", "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ"),
+        Profile(
+            "mistral-7b",
+            "/models/mistral-7b",
+            "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ",
+            tools=tool_flags("mistral"),
+        ),
         Profile(
             "llama3-70b",
             "/models/llama3-70b",
             "TechxGenus/Meta-Llama-3-70B-Instruct-GPTQ",
+            tools=tool_flags("llama3_json"),
             tensor_parallel=4,  # ~40 GB of GPTQ weights: four GPUs, or two with 80 GB each
         ),
         # The embedded default on a CPU (what CI runs): SmolLM2-135M converted from GGUF.
@@ -66,7 +80,7 @@ def serve_args(
     p: Profile, model_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000
 ) -> list[str]:
     """Arguments after ``vllm serve`` for a profile."""
-    args = [model_dir or p.model_dir, *p.flags]
+    args = [model_dir or p.model_dir, *p.flags, *p.tools]
     if p.tensor_parallel > 1:
         args += ["--tensor-parallel-size", str(p.tensor_parallel)]
     return [*args, "--host", host, "--port", str(port)]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from voxloop.errors import LLMContextOverflowError, LLMError, LLMUnavailableError
 from voxloop.llm import Message
 from voxloop.llm.openai_http import OpenAIChat
+from voxloop.tools import ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class FailoverChat:
     @property
     def context_tokens(self) -> int:
         return self.chats[self.current].context_tokens
+
+    @property
+    def takes_tools(self) -> bool:
+        return self.chats[self.current].takes_tools
 
     @property
     def url(self) -> str:
@@ -66,10 +72,16 @@ class FailoverChat:
                 log.warning("%s", exc)
         return False
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> AsyncIterator[str]:
         for _attempt in range(len(self.chats)):
             started = False
-            stream = self.chats[self.current].stream(messages)
+            chat = self.chats[self.current]
+            stream = chat.stream(messages, tools, calls) if tools else chat.stream(messages)
             try:
                 async for piece in stream:
                     started = True
@@ -84,8 +96,8 @@ class FailoverChat:
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
 
-    async def prefill(self, messages: list[Message]) -> None:
-        await self.chats[self.current].prefill(messages)
+    async def prefill(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> None:
+        await self.chats[self.current].prefill(messages, tools)
 
     async def aclose(self) -> None:
         for chat in self.chats:

@@ -23,6 +23,7 @@ from voxloop.errors import (
 )
 from voxloop.llm import Message
 from voxloop.settings import LlmSettings
+from voxloop.tools import ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,37 @@ def _error_message(body: str) -> str:
     return _snippet(body)
 
 
+class _CallBuilder:
+    """Tool calls as a stream delivers them: the first delta of each (by ``index``) holds its id
+    and name, later ones append to its arguments' JSON text."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def add(self, deltas: Any, url: str) -> None:
+        try:
+            for delta in deltas:
+                part = self._parts.setdefault(
+                    int(delta.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                )
+                function = delta.get("function") or {}
+                part["id"] = part["id"] or str(delta.get("id") or "")
+                part["name"] += str(function.get("name") or "")
+                arguments = function.get("arguments")
+                part["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+        except (AttributeError, TypeError, ValueError):
+            raise LLMProtocolError(
+                f"The server at {url} sent a tool call voxloop cannot read ({_snippet(str(deltas))!r})."
+            ) from None
+
+    def calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(p["id"] or f"call_{i}", p["name"], p["arguments"] or "{}")
+            for i, p in sorted(self._parts.items())
+            if p["name"]
+        ]
+
+
 class OpenAIChat:
     def __init__(
         self,
@@ -109,6 +141,7 @@ class OpenAIChat:
         self.served: list[str] = []
         self.engine = ""  # "llamacpp", "vllm" or "" (another server), known after connect
         self._extra = settings.body()
+        self.takes_tools = True  # until the server's template or an answer says otherwise
 
     # -- plumbing -------------------------------------------------------------------------
     def _unavailable(self, exc: Exception) -> LLMUnavailableError:
@@ -171,19 +204,31 @@ class OpenAIChat:
                 f"Model {self.model!r} is not served at {self.url}. It serves: {', '.join(self.served)}. "
                 "Pass one of these to --llm-model, or leave --llm-model out to use the first."
             )
+        props = await self._props() if self.engine == "llamacpp" else {}
         if not self.settings.context_tokens:
-            self.context_tokens = await self._discover_context(entries)
+            self.context_tokens = self._discover_context(entries, props)
+        if props:
+            # llama.cpp renders tools only through a chat template that knows them (Qwen's,
+            # Llama 3's…); SmolLM2's does not. Other servers say so when asked (see stream).
+            self.takes_tools = "tools" in str(props.get("chat_template", ""))
         log.info("LLM %s at %s, context %d tokens", self.model, self.url, self.context_tokens)
 
-    async def _discover_context(self, entries: list[dict[str, Any]]) -> int:
+    async def _props(self) -> dict[str, Any]:
+        """llama.cpp's /props (context size, chat template), or {} if it cannot be read."""
+        try:
+            response = await self._client.get(self.url[: -len("/v1")] + "/props")
+            props = response.json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return props if isinstance(props, dict) else {}
+
+    def _discover_context(self, entries: list[dict[str, Any]], props: dict[str, Any]) -> int:
         entry = next(e for e in entries if e["id"] == self.model)
         if isinstance(entry.get("max_model_len"), int):  # vLLM
             return int(entry["max_model_len"])
         try:  # llama.cpp's server: per-slot context in /props
-            response = await self._client.get(self.url[: -len("/v1")] + "/props")
-            n_ctx = response.json()["default_generation_settings"]["n_ctx"]
-            return int(n_ctx)
-        except Exception:
+            return int(props["default_generation_settings"]["n_ctx"])
+        except (KeyError, TypeError, ValueError):
             return DEFAULT_CONTEXT
 
     def _raise_for_status(self, status: int, body: str) -> None:
@@ -199,7 +244,12 @@ class OpenAIChat:
         hint = " The server is starting or overloaded: try again shortly." if status in (429, 503) else ""
         raise LLMServerError(f"The LLM server at {self.url} answered HTTP {status}: {message}.{hint}")
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> AsyncIterator[str]:
         payload = {
             **self._extra,
             "model": self.model,
@@ -208,6 +258,9 @@ class OpenAIChat:
             "max_tokens": self.settings.max_tokens,
             "temperature": self.settings.temperature,
         }
+        if tools:
+            payload["tools"] = tools
+        building = _CallBuilder()
         waited = 0.0
         try:
             while True:
@@ -226,13 +279,29 @@ class OpenAIChat:
                         await asyncio.sleep(pause)
                         waited += pause
                         continue
-                    async for piece in self._read(response):
+                    if tools and response.status_code == 400:
+                        body = (await response.aread()).decode("utf-8", "replace")
+                        if "tool" not in body.lower():
+                            self._raise_for_status(400, body)
+                        # vLLM without --enable-auto-tool-choice: answer without tools from now on.
+                        self.takes_tools = False
+                        self.notice(
+                            f"The LLM server at {self.url} does not take tools ({_error_message(body)}); "
+                            "answering without them. For vLLM, start it with --enable-auto-tool-choice "
+                            "--tool-call-parser hermes (voxloop llm deploy profiles do)."
+                        )
+                        payload.pop("tools")
+                        tools = None
+                        continue
+                    async for piece in self._read(response, building):
                         yield piece
+                    if calls is not None:
+                        calls.extend(building.calls())
                     return
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
 
-    async def prefill(self, messages: list[Message]) -> None:
+    async def prefill(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> None:
         # One token, greedy: the server evaluates the whole prompt and keeps it in its cache
         # (llama.cpp's per-slot cache, vLLM's prefix cache); the next request with the same
         # beginning only evaluates what is new.
@@ -243,13 +312,15 @@ class OpenAIChat:
             "max_tokens": 1,
             "temperature": 0.0,
         }
+        if tools and self.takes_tools:  # the same prompt as the reply's: the tools are in it
+            payload["tools"] = tools
         try:
             response = await self._client.post(self.url + "/chat/completions", json=payload)
             log.debug("prefill: HTTP %d", response.status_code)
         except httpx.HTTPError as exc:
             log.debug("prefill failed: %s", exc)
 
-    async def _read(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def _read(self, response: httpx.Response, building: _CallBuilder) -> AsyncIterator[str]:
         """The reply in a response: streamed events, one JSON completion, or an error."""
         if response.status_code >= 400:
             body = (await response.aread()).decode("utf-8", "replace")
@@ -257,11 +328,11 @@ class OpenAIChat:
         ctype = response.headers.get("content-type", "")
         if "text/event-stream" not in ctype:
             body = (await response.aread()).decode("utf-8", "replace")
-            yield self._whole_reply(body)
+            yield self._whole_reply(body, building)
             return
         # Events as the SSE spec reads them (httpx-sse): a multi-line ``data:`` is one event.
         async for event in EventSource(response).aiter_sse():
-            piece = self._parse_data(event.data)
+            piece = self._parse_data(event.data, building)
             if piece is None:
                 return
             if piece:
@@ -273,7 +344,7 @@ class OpenAIChat:
             "Check that the server is still running."
         )
 
-    def _parse_data(self, data: str) -> str | None:
+    def _parse_data(self, data: str, building: _CallBuilder) -> str | None:
         """One SSE event's data -> text ('' for empty and role-only chunks), None at [DONE]."""
         data = data.strip()
         if not data:
@@ -290,6 +361,8 @@ class OpenAIChat:
             raise LLMServerError(f"The LLM server at {self.url} failed mid-reply: {_error_message(data)}.")
         try:
             delta = chunk["choices"][0].get("delta") or {}
+            if delta.get("tool_calls"):
+                building.add(delta["tool_calls"], self.url)
             return str(delta.get("content") or "")
         except (KeyError, IndexError, TypeError, AttributeError):
             if isinstance(chunk, dict) and chunk.get("choices") == []:
@@ -298,11 +371,14 @@ class OpenAIChat:
                 f"The server at {self.url} streamed a chunk without choices ({_snippet(data)!r})."
             ) from None
 
-    def _whole_reply(self, body: str) -> str:
+    def _whole_reply(self, body: str, building: _CallBuilder) -> str:
         """Servers that ignore ``stream`` answer with one JSON completion."""
         try:
             data = json.loads(body)
-            return str(data["choices"][0]["message"]["content"] or "")
+            message = data["choices"][0]["message"]
+            if message.get("tool_calls"):
+                building.add([{"index": i, **c} for i, c in enumerate(message["tool_calls"])], self.url)
+            return str(message["content"] or "")
         except (ValueError, KeyError, IndexError, TypeError):
             raise LLMProtocolError(
                 f"The server at {self.url} did not answer with OpenAI-style JSON "

@@ -12,12 +12,15 @@ again: from the start when nothing was said yet, else on from what was said.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from voxloop.llm import Message
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.llm.server import EmbeddedServer
+from voxloop.tools import ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,14 @@ log = logging.getLogger(__name__)
 # threads here; a stalled server takes ~3 s for each token.
 FIRST_PIECE_S = 2.5
 NEXT_PIECE_S = 1.0
+# ...plus the time to read a long prompt the cache may not hold (tools, a long history): 60
+# tokens a second is the base preset's slowest reading here.
+PROMPT_TOKENS_PER_S = 60.0
+
+
+def first_piece_limit(base_s: float, messages: list[Message], tools: list[dict[str, Any]] | None) -> float:
+    chars = sum(len(str(m.get("content") or "")) for m in messages) + len(json.dumps(tools or []))
+    return round(base_s + chars / 3.0 / PROMPT_TOKENS_PER_S, 1)
 
 
 class StallGuard:
@@ -54,30 +65,40 @@ class StallGuard:
         return self.chat.context_tokens
 
     @property
+    def takes_tools(self) -> bool:
+        return self.chat.takes_tools
+
+    @property
     def watching(self) -> bool:
         return self.server.proc is not None and self.server.threads > 1
 
     async def connect(self) -> None:
         await self.chat.connect()
 
-    async def prefill(self, messages: list[Message]) -> None:
-        await self.chat.prefill(messages)
+    async def prefill(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> None:
+        await self.chat.prefill(messages, tools)
 
     async def aclose(self) -> None:
         await self.chat.aclose()
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> AsyncIterator[str]:
         said = ""
         while True:
             # After a restart the server goes on from what was already said (llama.cpp continues
             # a final assistant message), so nothing is repeated or lost.
             asked = [*messages, {"role": "assistant", "content": said}] if said else messages
-            stream = self.chat.stream(asked)
+            stream = self.chat.stream(asked, tools, calls) if tools else self.chat.stream(asked)
             waited = 0.0
             try:
                 pieces = aiter(stream)
                 while True:
-                    limit = (self.next_piece_s if said else self.first_piece_s) if self.watching else None
+                    first = first_piece_limit(self.first_piece_s, messages, tools)
+                    limit = (self.next_piece_s if said else first) if self.watching else None
                     try:
                         piece = await asyncio.wait_for(anext(pieces), limit)
                     except StopAsyncIteration:

@@ -23,8 +23,10 @@ from voxloop.events import (
     ErrorEvent,
     Event,
     Interrupted,
+    Notice,
     ReplyDelta,
     SpeechStarted,
+    ToolUsed,
     Transcript,
     TurnDone,
 )
@@ -201,6 +203,8 @@ class SocketPrinter:
             )
             if self.on_turn is not None:
                 self.on_turn(event)
+        elif isinstance(event, ToolUsed | Notice):
+            self.message(event.to_dict())
         elif isinstance(event, ErrorEvent):
             self.message({"type": "error", "message": event.message})
 
