@@ -733,3 +733,30 @@ def test_silero_memory_is_cleared_only_while_voxloop_speaks_and_only_between_tur
     assert speaking.at[:2] == [15, 31]
     assert all(not 40 <= i < 60 + 19 for i in speaking.at), speaking.at
     assert len(speaking.at) == 3
+
+
+# -- the embedded server's process ---------------------------------------------------------------
+def test_a_state_file_whose_pid_now_belongs_to_another_program_is_not_stopped(tmp_path, monkeypatch):
+    """`voxloop llm stop` kills only the server it started: after a reboot its pid may belong to
+    any program, which the recorded start time tells apart."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from voxloop.llm import server
+
+    monkeypatch.setenv("VOXLOOP_HOME", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        info = server.ServerInfo("llamacpp", other.pid, "http://127.0.0.1:9/v1", "m", 9, "log", "", 0.0)
+        stranger = dataclasses.replace(info, started=server._start_time(other.pid) - 3600)
+        server.save_state(stranger)
+        assert server.read_state() is None and not server.state_file().exists()
+        assert server.stop_server() is None and other.poll() is None  # left alone
+        own = dataclasses.replace(info, started=server._start_time(other.pid))
+        server.save_state(own)
+        assert server.read_state() == own
+        assert server.stop_server() == own
+        assert other.wait(timeout=10) is not None and not server.pid_alive(other.pid)
+    finally:
+        other.kill()

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 
 from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
 from voxloop.llm import models
@@ -120,24 +120,39 @@ class ServerInfo:
     port: int
     log: str
     preset: str = ""  # the embedded preset it serves ("" for a model file of the user's, or vLLM)
+    started: float = 0.0  # the process's start time: a pid the system has since given another is not it
 
     def alive(self) -> bool:
-        return pid_alive(self.pid)
+        found = _process(self.pid)
+        if found is None:
+            return False
+        with contextlib.suppress(psutil.Error):
+            if self.started and abs(found.create_time() - self.started) > 1.0:
+                return False  # the server is gone, and its pid now belongs to another program
+        return True
+
+
+def _process(pid: int) -> psutil.Process | None:
+    """The running process ``pid``; None once it has exited (a zombie, not yet reaped, too)."""
+    try:
+        found = psutil.Process(pid)
+        return None if found.status() == psutil.STATUS_ZOMBIE else found
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return psutil.Process(pid)  # alive, someone else's
 
 
 def pid_alive(pid: int) -> bool:
     """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
+    return _process(pid) is not None
+
+
+def _start_time(pid: int) -> float:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def state_file() -> Path:
@@ -328,7 +343,16 @@ def start_server(
                 )
             if answers(url, timeout=1.0):
                 preset = settings.preset if engine == "llamacpp" and not (model or settings.gguf) else ""
-                info = ServerInfo(launch.engine, proc.pid, url, launch.model, port, str(log_path), preset)
+                info = ServerInfo(
+                    launch.engine,
+                    proc.pid,
+                    url,
+                    launch.model,
+                    port,
+                    str(log_path),
+                    preset,
+                    _start_time(proc.pid),
+                )
                 return info, proc
             if time.monotonic() - last_said >= 10:
                 last_said = time.monotonic()
@@ -352,17 +376,17 @@ def save_state(info: ServerInfo) -> None:
 
 
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM, wait for it to go, SIGKILL if it will not."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
-                os.waitpid(pid, os.WNOHANG)
-            if not pid_alive(pid):
-                return
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+    """SIGTERM, wait for it to go (reaping it if it is our child), SIGKILL if it will not."""
+    found = _process(pid)
+    if found is None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        found.terminate()
+        try:
+            found.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            found.kill()
+            found.wait(5)
 
 
 def stop_server() -> ServerInfo | None:
@@ -370,7 +394,7 @@ def stop_server() -> ServerInfo | None:
     info = read_state()
     if info is None:
         return None
-    stop_pid(info.pid)
+    stop_pid(info.pid)  # read_state checked it is the server's own process, not a reused pid
     with contextlib.suppress(OSError):
         state_file().unlink()
     return info
