@@ -94,6 +94,7 @@ class TurnDone:
     interrupted: bool = False
     speech_end_s: float = 0.0  # audio clock: where the user's speech ended (VAD)
     first_audio_at_s: float | None = None  # audio clock: when the first reply audio was ready
+    tools: tuple[str, ...] = ()  # the tools run for the reply
 
 
 @dataclass(frozen=True, slots=True)

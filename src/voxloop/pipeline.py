@@ -405,6 +405,7 @@ class Assistant:
             interrupted=job.interrupted,
             speech_end_s=final.end_s,
             first_audio_at_s=ready,
+            tools=tuple(r.tools),
         )
         if self.log is not None:
             self.log.append(

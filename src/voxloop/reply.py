@@ -91,6 +91,7 @@ class ReplyResult:
     user: str = ""
     sentences: list[str] = field(default_factory=list)  # as spoken: what the history keeps
     steps: list[Message] = field(default_factory=list)  # tool calls and results on the way
+    tools: list[str] = field(default_factory=list)  # the tools run for this reply
     audio: list[np.ndarray] = field(default_factory=list)
     error: str | None = None
     stt_ms: float = 0.0
@@ -325,6 +326,7 @@ class ReplyJob:
         tool's apology."""
         assert self.toolbox is not None
         started = time.perf_counter()
+        self.result.tools.append(intent.call.name)
         try:
             result = await self.toolbox.run(intent.call)
         except ToolFailure as failure:
@@ -352,6 +354,7 @@ class ReplyJob:
             self._out(ReplyDelta(self.filler + " "))
             self._say(self.filler, started)
         t0 = time.perf_counter()
+        self.result.tools += [c.name for c in calls]
         outcomes = await asyncio.gather(*(self.toolbox.run(c) for c in calls), return_exceptions=True)
         ms = (time.perf_counter() - t0) * 1000
         results: list[Message] = []

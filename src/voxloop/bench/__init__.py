@@ -48,6 +48,7 @@ class BenchTurn:
     reply: str | None = None
     latency_ms: float | None = None  # true end of speech -> first audio (voxloop) / reply text (reference)
     stages: dict[str, float] = field(default_factory=dict)
+    tools: tuple[str, ...] = ()  # the tools its reply ran
 
 
 def load_set(folder: Path) -> list[dict[str, Any]]:
@@ -123,6 +124,7 @@ class Bench:
                 turn = out[i]
                 turn.heard, turn.reply = done.user, done.assistant
                 turn.stages = dict(done.timings)
+                turn.tools = done.tools
                 if done.first_audio_at_s is not None:
                     turn.latency_ms = (done.first_audio_at_s - truth[i]["end_s"]) * 1000
         finally:

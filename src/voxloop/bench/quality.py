@@ -53,6 +53,7 @@ class QualityTurn:
     right: bool
     memory: bool  # the turn that asks for an earlier fact
     latency_ms: float | None
+    tool: bool = False  # answered by running a tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ def _turns(config: str, rec: dict[str, Any], done: list[Any]) -> list[QualityTur
                 right=bool(answer) and holds_answer(got.reply, answer),
                 memory=bool(truth.get("memory")),
                 latency_ms=got.latency_ms,
+                tool=bool(got.tools),
             )
         )
     return out
@@ -163,6 +165,8 @@ def summarize(turns: list[QualityTurn], server: dict[str, Any]) -> dict[str, Any
     heard_scored = [t for t in scored if t.wer is not None and t.wer <= HEARD_WER]
     memory = [t for t in turns if t.memory]
     latencies = [t.latency_ms for t in turns if t.latency_ms is not None]
+    with_tool = [t.latency_ms for t in turns if t.latency_ms is not None and t.tool]
+    without = [t.latency_ms for t in turns if t.latency_ms is not None and not t.tool]
     return {
         **server,
         "turns": len(turns),
@@ -176,6 +180,10 @@ def summarize(turns: list[QualityTurn], server: dict[str, Any]) -> dict[str, Any
         "latency_p50_ms": percentile(latencies, 0.5),
         "latency_p95_ms": percentile(latencies, 0.95),
         "replied": len(latencies),
+        # First audio of the turns a tool answered, and of the others.
+        "tool_turns": len(with_tool),
+        "tool_latency_p50_ms": percentile(with_tool, 0.5) if with_tool else float("nan"),
+        "plain_latency_p50_ms": percentile(without, 0.5) if without else float("nan"),
     }
 
 
@@ -246,6 +254,8 @@ def quality_table(results: dict[str, Any]) -> str:
                 "p50": s["latency_p50_ms"],
                 "p95": s["latency_p95_ms"],
                 "tok/s": s["gen_tok_s"],
+                "tool": f"{s['tool_turns']}: {s['tool_latency_p50_ms']:.0f}",
+                "plain": s["plain_latency_p50_ms"],
             }
         )
     columns = [
@@ -258,6 +268,8 @@ def quality_table(results: dict[str, Any]) -> str:
         ("first audio p50 ms", "p50", ".0f"),
         ("p95 ms", "p95", ".0f"),
         ("gen tok/s", "tok/s", ".1f"),
+        ("tool turns: p50 ms", "tool", ""),
+        ("others p50 ms", "plain", ".0f"),
     ]
     text = rows_table(rows, columns) if rows else "(no configuration ran)"
     stt = results.get("stt") or {}
