@@ -105,3 +105,15 @@ def test_bench_sessions_drives_voxloop_serve(voxloop, llm_server):
     (row,) = json.loads(run.out)
     assert row["sessions"] == 1 and row["turns"] == 3 and row["errors"] == 0
     assert 0 < row["first_audio_p50_ms"] < 5000
+
+
+def test_bench_soak_reports_first_audio_and_memory_per_window(voxloop):
+    """A short soak on the embedded server voxloop starts: memory of voxloop and of that
+    server is sampled (the server is voxloop's child), next to first audio."""
+    run = voxloop("bench", "--soak", "3", "--json", timeout=300)
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    assert result["turns"] == 3 and result["answered"] == 3, result
+    (window,) = result["windows"]
+    assert 100 < window["voxloop_rss_mb"] < 8000 and 50 < window["server_rss_mb"] < 8000, window
+    assert 0 < window["first_audio_median_ms"] < 5000

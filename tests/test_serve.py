@@ -24,20 +24,24 @@ pytestmark = pytest.mark.integration
 TOKEN = "test-token-123"
 
 
-def start_serve(llm_url: str, home: str) -> tuple[subprocess.Popen[str], str]:
+def start_serve(
+    llm_url: str, home: str, *extra: str, scheme: str = "http"
+) -> tuple[subprocess.Popen[str], str]:
+    """``extra``: more `voxloop serve` flags; ``scheme="https"`` for a server started with --https."""
     from voxloop.llm.server import free_port
 
     port = free_port()
     env = {**os.environ, "VOXLOOP_HOME": home, "VOXLOOP_LLM_TEMPERATURE": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voxloop", "serve", "--port", str(port), "--llm-url", llm_url, "--token", TOKEN],
+        [sys.executable, "-m", "voxloop", "serve", "--port", str(port), "--llm-url", llm_url, "--token", TOKEN, *extra],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://{base}/health", timeout=1).status_code == 200:
+            # verify=False: only whether it answers yet; the tests of HTTPS check the certificate
+            if httpx.get(f"{scheme}://{base}/health", timeout=1, verify=False).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -55,10 +59,16 @@ def server(llm_server, tmp_path_factory) -> Iterator[str]:
 
 
 async def converse(
-    base: str, audio: np.ndarray, before: list[Any] | None = None, origin: str | None = None
+    base: str,
+    audio: np.ndarray,
+    before: list[Any] | None = None,
+    origin: str | None = None,
+    until: str = "metrics",
+    silence_s: float = 3.0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Stream ``audio`` as a browser would (20 ms PCM16 frames in real time); return the events
-    and the number of reply audio samples received."""
+    """Stream ``audio`` as a browser would (20 ms PCM16 frames in real time), then ``silence_s``
+    of silence; return the events up to the first ``until`` one and the number of reply audio
+    samples received."""
     events: list[dict[str, Any]] = []
     samples = 0
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
@@ -73,7 +83,7 @@ async def converse(
             for i in range(0, len(pcm), 640):
                 await ws.send(pcm[i : i + 640])
                 await asyncio.sleep(0.02)
-            for _ in range(150):  # silence while the reply comes
+            for _ in range(int(silence_s / 0.02)):  # silence while the reply comes
                 await ws.send(b"\0" * 640)
                 await asyncio.sleep(0.02)
 
@@ -85,7 +95,7 @@ async def converse(
                     samples += len(message) // 2
                     continue
                 events.append(json.loads(message))
-                if events[-1]["type"] == "metrics":
+                if events[-1]["type"] == until:
                     break
         finally:
             task.cancel()
@@ -116,6 +126,15 @@ async def test_a_spoken_turn_over_the_websocket(server, synthesizer):
     assert samples > 24000 * 0.5  # reply audio arrived as PCM16 at 24 kHz
     metrics = httpx.get(f"http://{server}/metrics").text
     assert "voxloop_turns_total" in metrics and 'voxloop_stage_seconds_count{stage="stt"}' in metrics
+
+
+async def test_a_timer_set_in_a_session_rings_in_that_session(server, synthesizer):
+    asked = spoken_turns(synthesizer, ["Set a timer for three seconds."])
+    events, _ = await converse(server, asked, until="notice", silence_s=8.0)
+    (tool,) = [e for e in events if e["type"] == "tool"]
+    assert tool["name"] == "set_timer" and tool["error"] is None
+    assert next(e for e in events if e["type"] == "assistant_done")["text"] == "Okay, 3 second timer started."
+    assert events[-1] == {"type": "notice", "text": "Your 3 second timer is done."}
 
 
 async def test_concurrent_sessions_each_get_their_own_conversation(server, synthesizer):

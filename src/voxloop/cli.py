@@ -190,7 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument(
         "--turns", type=int, metavar="N",
-        help="instead: one conversation of N questions (a question every ~8 s), first audio per 10 turns",
+        help="instead: one conversation of N questions (a question every ~8 s): first audio and memory per 10 turns",
+    )  # fmt: skip
+    bench.add_argument(
+        "--soak", type=int, nargs="?", const=500, metavar="N",
+        help="the same as --turns, 500 questions unless N is given (~75 min): does anything grow?",
     )  # fmt: skip
     bench.add_argument(
         "--stt", metavar="MODEL,MODEL,…",
@@ -230,6 +234,13 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", default=[], metavar="NAME",
         help="a host name the page is opened by, besides loopback and --host (e.g. voice.lan)",
     )  # fmt: skip
+    srv.add_argument(
+        "--https", action=argparse.BooleanOptionalAction, default=None,
+        help="serve over TLS, which browsers on other devices need to allow the microphone "
+        "(default: when --host is not loopback; the certificate comes from voxloop's own local CA)",
+    )  # fmt: skip
+    srv.add_argument("--cert", metavar="FILE", help="with --https: a PEM certificate (chain) of your own")
+    srv.add_argument("--key", metavar="FILE", help="with --https: the unencrypted PEM private key of --cert")
     _served_llm_flags(srv, "system prompt")
     _tools_flag(srv)
     _common(srv)
@@ -415,6 +426,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_load(args, settings)
     if args.quality:
         return _bench_quality(args, settings)
+    if args.soak:
+        args.turns = args.soak
     if args.turns:
         return _bench_long(args, settings)
     if args.stt:
@@ -551,7 +564,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import llm_urls, serving
     from voxloop.printer import HumanPrinter
     from voxloop.server import serve, stop_on_sigterm
+    from voxloop.server.tls import tls_files
 
+    # The certificate before the LLM: a wrong --cert or --key is told at once.
+    tls = tls_files(args.https, args.cert, args.key, args.host, args.allow_host)
     printer = HumanPrinter()
     with stop_on_sigterm(), llm_urls(serving(settings), printer) as urls:
         serve(
@@ -563,6 +579,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             tuple(args.allow_origin),
             printer.info,
             allowed_hosts=tuple(args.allow_host),
+            tls=tls,
         )
     return 0
 

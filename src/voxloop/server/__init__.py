@@ -8,10 +8,14 @@ import logging
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from voxloop.errors import ConfigError
 from voxloop.llm import ChatModel
 from voxloop.settings import Settings
+
+if TYPE_CHECKING:
+    from voxloop.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +56,24 @@ def serve(
     origins: tuple[str, ...],
     say: Callable[[str], None],
     allowed_hosts: tuple[str, ...] = (),
+    tls: TlsFiles | None = None,
 ) -> None:
+    """Serve the voice page until stopped; over HTTPS with ``tls`` (see :func:`tls.tls_files`)."""
     import uvicorn
 
     from voxloop.app import make_chat
     from voxloop.printer import HumanPrinter
     from voxloop.server.app import LOOPBACK, ServerState, build_app, new_token
     from voxloop.server.session import WS_MAX_BYTES
+    from voxloop.server.tls import WILDCARD, announce, machine_names
     from voxloop.stt.whisper import WhisperTranscriber
     from voxloop.tts.hibari_tts import HibariSynthesizer
 
     if host not in LOOPBACK and token is None:
         token = new_token()  # reachable from other machines: never without a token
+    names = allowed_hosts
+    if tls is not None and host.strip("[]") in WILDCARD:
+        names = (*allowed_hosts, *machine_names())  # in the certificate; NAME.local is printed
     printer = HumanPrinter()
     probe = make_chat(urls, settings, printer)
     asyncio.run(_check(probe))  # a clear error now, not a traceback at the first turn
@@ -79,10 +89,9 @@ def serve(
         token,
         origins,
         host=host,
-        allowed_hosts=allowed_hosts,
+        allowed_hosts=names,
     )
-    shown = "localhost" if host in LOOPBACK else host
-    say(f"voxloop is listening on http://{shown}:{port}/" + (f"?token={token}" if token else ""))
+    announce(say, host, port, token, tls, allowed_hosts)
     try:
         uvicorn.run(
             build_app(state),
@@ -91,6 +100,8 @@ def serve(
             log_level="warning",
             ws_max_size=WS_MAX_BYTES,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            ssl_certfile=tls.cert if tls else None,
+            ssl_keyfile=tls.key if tls else None,
         )
     except OSError as exc:
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc}). Pass another --port.") from None
