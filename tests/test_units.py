@@ -363,6 +363,7 @@ class ScriptedEndpointer:
     """One SpeechEnded per fed block, as if each block were a whole utterance."""
 
     hearing = False
+    voiced_ms = float("inf")  # what it scripts is speech, long enough to interrupt
 
     def __init__(self) -> None:
         self.told: list[bool] = []  # what playback() was told, block by block

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +56,53 @@ from voxloop.vad.turn import TurnAware, TurnModel, shared_turn_model, words_fini
 log = logging.getLogger(__name__)
 
 PARTIAL_EVERY_S = 1.0
+# What a listener says to show they follow, not to take the turn.
+_BACKCHANNEL = frozenset(
+    [
+        "uh",
+        "huh",
+        "um",
+        "mm",
+        "mhm",
+        "hm",
+        "hmm",
+        "mmm",
+        "yeah",
+        "yes",
+        "yep",
+        "okay",
+        "ok",
+        "right",
+        "sure",
+        "oh",
+        "ah",
+        "aha",
+        "i",
+        "see",
+        "got",
+        "it",
+        "alright",
+        "cool",
+        "wow",
+    ]
+)
+
+
+def is_backchannel(text: str) -> bool:
+    """Whether words heard over a reply are only a listener's "uh-huh", "okay", "I see" (or
+    nothing: a cough)."""
+    words = re.sub(r"[^a-z']+", " ", text.lower()).split()
+    return len(words) <= 3 and all(w in _BACKCHANNEL for w in words)
+
+
+class TypedWords:
+    """The transcriber of a typed turn: its words are already known."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def transcribe(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> str:
+        return self.text
 
 
 class Assistant:
@@ -99,9 +149,17 @@ class Assistant:
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
         self._input_done = False
         self._held = False  # playback paused on a voiced step that is not yet a barge-in
+        # Voice heard over the reply (its start on the audio clock), not yet known to be an
+        # interruption: the reply holds until it is one (voiced ``interrupt_ms``, or words that
+        # are more than a backchannel), or goes on.
+        self._overlap: float | None = None
         self.timers = Timers(self._ring)
         self.toolbox = Toolbox()  # chosen in run(), once the model is known
         self._notices: set[asyncio.Task[None]] = set()  # timers ringing, being voiced
+        # Told of every turn the endpointer commits, before any of its events reach the printer:
+        # a socket protocol that names its turns (OpenAI Realtime) pairs them with it.
+        self.on_commit: Callable[[ReplyJob], None] | None = None
+        self._ready = asyncio.Event()  # run() has its models and tools: answer() may start a job
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self, source: AudioSource, endpointer: Endpointer | None = None) -> list[TurnDone]:
@@ -130,6 +188,7 @@ class Assistant:
             servers = await stack.enter_async_context(McpServers(tools.mcp if tools.enabled else ()))
             embedded = not self.settings.llm.urls
             self.toolbox = conversation_toolbox(tools, self.chat, self.timers, embedded, servers.tools)
+            self._ready.set()
             try:
                 async for block in source.blocks():
                     if fed == 0 and source.started_at is not None:
@@ -141,6 +200,8 @@ class Assistant:
                     events = await loop.run_in_executor(vad_thread, self._listen, endpointer, block, far)
                     for event in events:
                         await self._on_event(event, source, endpointer)
+                    if self._overlap is not None:
+                        await self._judge_overlap(endpointer)
                     if self._full_duplex(source):
                         self._hold_playback(endpointer.hearing)
                     if self._t0 is not None:
@@ -193,7 +254,30 @@ class Assistant:
         if hearing and not self._held and self._speaking is not None and self.sink.busy():
             self.sink.pause()
             self._held = True
-        elif self._held and not hearing:
+        elif self._held and not hearing and self._overlap is None:
+            self.sink.resume()
+            self._held = False
+
+    def _replying(self) -> bool:
+        speaking = self._speaking
+        return speaking is not None and (not speaking.task.done() or self.sink.busy())
+
+    async def _judge_overlap(self, endpointer: Endpointer) -> None:
+        """Voice over the reply: enough of it is an interruption; a sound too short to be a turn
+        (a cough, a click) lets the reply go on where it was. A short turn ("uh-huh") is judged
+        by its words when it ends (:meth:`_on_event`)."""
+        assert self._overlap is not None
+        if endpointer.voiced_ms >= self.settings.vad.interrupt_ms:
+            at, self._overlap = self._overlap, None
+            await self.interrupt(at)
+        elif endpointer.voiced_ms == 0 and self._spec is None:
+            self._go_on("a sound too short to be a turn")
+
+    def _go_on(self, why: str) -> None:
+        """It was not an interruption: the reply plays on from where it held."""
+        log.info("the reply goes on: %s", why)
+        self._overlap = None
+        if self._held:
             self.sink.resume()
             self._held = False
 
@@ -216,7 +300,15 @@ class Assistant:
                 return
             self.printer.emit(event)
             if self._full_duplex(source):  # the user may barge in
-                await self.interrupt(event.at_s)
+                if self._replying() and self.settings.vad.interrupt_ms > 0:
+                    # Held until judged, even before its first audio: a reply does not start
+                    # over someone talking.
+                    self._overlap = event.at_s
+                    if not self._held:
+                        self.sink.pause()
+                        self._held = True
+                else:
+                    await self.interrupt(event.at_s)
             if self._t0 is not None and (self._speaking is None or self._speaking.task.done()):
                 self._prefill("")  # the history with the last reply, while the user talks
             return
@@ -247,6 +339,17 @@ class Assistant:
             await self._cancel_spec()
             job = self._start_job(event)
         self._spec = None
+        if self._overlap is not None:
+            # A short turn over the reply: "uh-huh", "okay" let it go on; anything else stops it.
+            await job.transcribed.wait()
+            if is_backchannel(job.result.user):
+                await job.cancel()
+                self._go_on(f"a backchannel ({job.result.user!r})")
+                return
+            at, self._overlap = self._overlap, None
+            await self.interrupt(at)
+        if self.on_commit is not None:
+            self.on_commit(job)
         job.commit()
         self._speaking = job
         self._last_turn = asyncio.create_task(self._complete(job, event))
@@ -269,9 +372,24 @@ class Assistant:
             return
         endpointer.turn(pause, probability)
 
-    def _start_job(self, speech: SpeechEnded, on_words: Callable[[str], None] | None = None) -> ReplyJob:
+    async def answer(self, text: str) -> ReplyJob:
+        """Answer typed words as a turn (a client's text message): after the turn before it, into
+        the same history, through the same sink, interrupted as a spoken one is. ``run()`` must
+        be running."""
+        await self._ready.wait()
+        at = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        typed = SpeechEnded(np.zeros(0, np.float32), at, at, at)
+        job = self._start_job(typed, models=dataclasses.replace(self.models, transcriber=TypedWords(text)))
+        job.commit()
+        self._speaking = job
+        self._last_turn = asyncio.create_task(self._complete(job, typed))
+        return job
+
+    def _start_job(
+        self, speech: SpeechEnded, on_words: Callable[[str], None] | None = None, models: Models | None = None
+    ) -> ReplyJob:
         return ReplyJob(
-            self.models,
+            models or self.models,
             self.conversation,
             self.settings.llm,
             speech,

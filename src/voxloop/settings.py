@@ -53,7 +53,11 @@ class VadSettings:
     incomplete_silence_ms: int = 900
     spec_silence_ms: int = 32  # start transcribing and answering this early in a pause (0: off)
     min_speech_ms: int = 250  # shorter voiced blips are not a turn
-    announce_ms: int = 64  # voiced audio that announces speech (and stops voxloop talking)
+    announce_ms: int = 64  # voiced audio that announces speech (and pauses voxloop's reply)
+    # Voiced audio over a reply that makes it an interruption (the reply stops); anything
+    # shorter (a cough, a click, "uh-huh", "okay") pauses it, and it goes on where it was.
+    # 0: every sound announced is an interruption.
+    interrupt_ms: int = 700
     min_utterance_ms: int = 0  # the reference drops turns under 2000 ms; voxloop keeps them
     pre_roll_ms: int = 200  # audio kept before the detected start (soft consonants)
     refresh_ms: int = 512  # while voxloop speaks: clear Silero's memory after this much quiet (0: off)

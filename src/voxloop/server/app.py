@@ -42,6 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxloop.events import TurnDone
 from voxloop.llm import ChatModel
 from voxloop.server.openai_audio import openai_routes
+from voxloop.server.realtime import realtime_route
 from voxloop.server.session import MAX_CONTROL_BYTES, Session
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
@@ -255,6 +256,7 @@ def build_app(state: ServerState) -> Starlette:
             Route("/metrics", metrics),
             WebSocketRoute("/ws", ws),
             *openai_routes(state),  # /v1/audio/transcriptions, /v1/audio/speech, /v1/models
+            realtime_route(state),  # /v1/realtime: OpenAI's Realtime API (WebSocket)
         ],
     )
 

@@ -213,9 +213,12 @@ class SocketPrinter:
 
 
 class Session:
-    def __init__(self, app: Any, send: Send, send_bytes: SendBytes) -> None:
+    def __init__(
+        self, app: Any, send: Send, send_bytes: SendBytes, printer: SocketPrinter | None = None
+    ) -> None:
+        """``printer``: another protocol's wire forms for the pipeline's events (OpenAI Realtime)."""
         self.app = app
-        self.printer = SocketPrinter(send)
+        self.printer = printer if printer is not None else SocketPrinter(send)
         self.source = SocketSource()
         self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes, self.printer.message)
         self.settings: Settings = app.settings

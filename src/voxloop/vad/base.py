@@ -31,6 +31,11 @@ class Endpointer(Protocol):
     def hearing(self) -> bool:
         """The last step fed sounded like speech, announced or not (playback pauses on it)."""
 
+    @property
+    def voiced_ms(self) -> float:
+        """Voiced speech in the utterance heard now (0 between utterances): how much of a sound
+        over voxloop's reply was voice, to tell a cough or an "uh-huh" from an interruption."""
+
 
 class Framer:
     """Cuts a stream of arbitrary blocks into fixed frames, counting samples for the audio clock."""

@@ -165,6 +165,10 @@ class SileroEndpointer:
         """The last step was voiced: possibly the user, before ``announce_ms`` confirms it."""
         return self._in_speech and self._silence == 0
 
+    @property
+    def voiced_ms(self) -> float:
+        return self._voiced * 1000 / self.rate if self._in_speech else 0.0
+
     def current_audio(self) -> np.ndarray | None:
         """The utterance heard so far while the user is talking (None in a pause, when the
         speculative transcript is about to take the STT)."""

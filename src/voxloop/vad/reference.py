@@ -48,6 +48,11 @@ class ReferenceEndpointer:
     def hearing(self) -> bool:
         return self._hearing
 
+    @property
+    def voiced_ms(self) -> float:
+        """The reference tells no cough from a word: anything it hears counts in full."""
+        return float("inf") if self._hearing or self._started else 0.0
+
     def reset(self) -> None:
         self._start_new()
 
