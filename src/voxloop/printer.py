@@ -153,13 +153,16 @@ class Printer(Protocol):
 
 
 class CollectingPrinter:
-    """Keeps the events instead of printing them (benchmarks, embedding voxloop in a program)."""
+    """Keeps the events instead of printing them (benchmarks, embedding voxloop in a program);
+    ``keep_audio=False`` leaves out the reply audio, for long runs that must not hoard it."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_audio: bool = True) -> None:
         self.events: list[Event] = []
+        self.keep_audio = keep_audio
 
     def emit(self, event: Event) -> None:
-        self.events.append(event)
+        if self.keep_audio or not isinstance(event, AudioChunk | Notice):
+            self.events.append(event)
 
     def info(self, message: str) -> None:
         return None

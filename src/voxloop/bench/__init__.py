@@ -114,7 +114,7 @@ class Bench:
                 chat,
                 self.synthesizer,
                 NullSink(),
-                CollectingPrinter(),
+                CollectingPrinter(keep_audio=False),  # a long run must not hoard reply audio
                 interim=self.interim,
             )
             for done in await assistant.run(RealtimeSource(samples)):
