@@ -89,6 +89,21 @@ class ServerState:
             "voxloop_stage_seconds", "Per-stage latency of a turn", ["stage"], buckets=buckets, registry=r
         )
 
+    @contextlib.asynccontextmanager
+    async def open_session(self, session: Any) -> AsyncIterator[None]:
+        """A WebSocket conversation, any protocol: counted while open, closed (its reply stream
+        to the LLM too) when the client goes, however it goes."""
+        self.sessions.inc()
+        self.open_sessions += 1
+        try:
+            yield
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.sessions.dec()
+            self.open_sessions -= 1
+            await session.close()
+
     def count_turn(self, turn: TurnDone) -> None:
         self.turns.inc()
         if turn.error:
@@ -223,9 +238,7 @@ def build_app(state: ServerState) -> Starlette:
 
         session = Session(state, send, websocket.send_bytes)
         await websocket.send_json(session.hello())
-        state.sessions.inc()
-        state.open_sessions += 1
-        try:
+        async with state.open_session(session):
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -234,12 +247,6 @@ def build_app(state: ServerState) -> Starlette:
                     session.audio(message["bytes"])
                 elif message.get("text") is not None:
                     session.control(message["text"][: MAX_CONTROL_BYTES + 1])
-        except WebSocketDisconnect:
-            pass
-        finally:
-            state.sessions.dec()
-            state.open_sessions -= 1
-            await session.close()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

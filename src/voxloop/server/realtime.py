@@ -30,7 +30,7 @@ import numpy as np
 import soxr
 from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from voxloop.audio.decode import resample
 from voxloop.events import (
@@ -475,9 +475,7 @@ def realtime_route(state: ServerState) -> WebSocketRoute:
 
         session = RealtimeSession(state, send, beta)
         session.begin()
-        state.sessions.inc()
-        state.open_sessions += 1
-        try:
+        async with state.open_session(session):
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -488,12 +486,6 @@ def realtime_route(state: ServerState) -> WebSocketRoute:
                     session.error(
                         "Send events as JSON text frames; audio goes base64 in input_audio_buffer.append."
                     )
-        except WebSocketDisconnect:
-            pass
-        finally:
-            state.sessions.dec()
-            state.open_sessions -= 1
-            await session.close()
 
     return WebSocketRoute("/v1/realtime", endpoint)
 

@@ -61,34 +61,30 @@ MAX_EXPONENT = 1000
 MAX_DIGITS = 60
 
 
-_ONES = {
-    w: i
-    for i, w in enumerate(
-        [
-            "zero",
-            "one",
-            "two",
-            "three",
-            "four",
-            "five",
-            "six",
-            "seven",
-            "eight",
-            "nine",
-            "ten",
-            "eleven",
-            "twelve",
-            "thirteen",
-            "fourteen",
-            "fifteen",
-            "sixteen",
-            "seventeen",
-            "eighteen",
-            "nineteen",
-        ]
-    )
-}
-_TENS = {
+# Spelled numbers, for the calculator and for requests heard in words ("five minutes").
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+TENS = {
     "twenty": 20,
     "thirty": 30,
     "forty": 40,
@@ -98,6 +94,8 @@ _TENS = {
     "eighty": 80,
     "ninety": 90,
 }
+_ONES = {w: i for i, w in enumerate(NUMBER_WORDS)}
+_TENS = TENS
 _SCALES = {"thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000}
 _NUMBER_WORDS = re.compile(
     r"\b(?:(?:" + "|".join([*_ONES, *_TENS, "hundred", *_SCALES]) + r")(?:[ -]+(?:and[ -]+)?|\b))+",
@@ -105,7 +103,8 @@ _NUMBER_WORDS = re.compile(
 )
 
 
-def _words_value(words: str) -> int:
+def words_value(words: str) -> int:
+    """ "twenty one" -> 21, "one hundred and five" -> 105, "three thousand" -> 3000."""
     total = current = 0
     for word in re.split(r"[ -]+", words.lower()):
         if word in _ONES:
@@ -126,7 +125,7 @@ def words_to_digits(text: str) -> str:
     def digits(match: re.Match[str]) -> str:
         run = match.group(0)
         trail = run[len(run.rstrip(" -")) :]
-        return f"{_words_value(run.rstrip(' -').removesuffix(' and'))}{trail}"
+        return f"{words_value(run.rstrip(' -').removesuffix(' and'))}{trail}"
 
     return _NUMBER_WORDS.sub(digits, text)
 

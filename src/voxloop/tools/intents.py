@@ -14,41 +14,11 @@ import re
 from dataclasses import dataclass
 
 from voxloop.tools import ToolCall
-from voxloop.tools.builtin import evaluate, words_to_digits
+from voxloop.tools.builtin import NUMBER_WORDS, TENS, evaluate, words_to_digits, words_value
 
 _UNITS = {"second": 1, "sec": 1, "minute": 60, "min": 60, "hour": 3600}
-_SMALL = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
-_TENS = {
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-}
+_SMALL = NUMBER_WORDS
+_TENS = TENS
 _NUMBER_WORD = (
     r"(?:\d+(?:\.\d+)?|a|an|half an?|"
     + "|".join(list(_TENS) + _SMALL[::-1])
@@ -99,10 +69,7 @@ def _number(word: str) -> float:
         return 1.0
     if word.startswith("half"):
         return 0.5
-    total = 0
-    for part in re.split(r"[ -]", word):
-        total += _TENS.get(part, 0) + (_SMALL.index(part) if part in _SMALL else 0)
-    return float(total)
+    return float(words_value(word))
 
 
 def seconds_in(text: str) -> float:
