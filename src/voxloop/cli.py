@@ -210,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: endpoint wait on finished questions, cut-offs on mid-phrase pauses "
         "(benchmarks/pauses) and first audio, with the turn model on and off",
     )  # fmt: skip
+    bench.add_argument(
+        "--interruptions", action="store_true",
+        help="instead: how often a cough, an \"okay\" or an interruption over a reply is judged "
+        "right, with headphones and through the echo canceller (no LLM needed)",
+    )  # fmt: skip
     _turn_flag(bench)
     bench.add_argument(
         "--presets", metavar="NAME,NAME,…",
@@ -434,6 +439,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_stt(args, settings)
     if args.endpointing:
         return _bench_endpointing(args, settings)
+    if args.interruptions:
+        return _bench_interruptions(args, settings)
     folder = _bench_set(args, "set", DEFAULT_SET)
     if args.sessions:
         return _bench_sessions(args, settings, folder)
@@ -491,6 +498,15 @@ def _bench_endpointing(args: argparse.Namespace, settings: Settings) -> int:
     with llm_urls(settings, printer) as urls:
         result = run_endpointing(settings, urls[0], finished, pauses, args.limit, printer.info)
     print(json.dumps(result, default=str) if settings.output.json else endpointing_table(result))
+    return 0
+
+
+def _bench_interruptions(args: argparse.Namespace, settings: Settings) -> int:
+    from voxloop.bench.interruptions import interruptions_table, run_interruptions
+    from voxloop.printer import HumanPrinter
+
+    result = run_interruptions(settings, args.limit, HumanPrinter().info)
+    print(json.dumps(result) if settings.output.json else interruptions_table(result))
     return 0
 
 
