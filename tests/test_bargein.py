@@ -57,7 +57,9 @@ class StoryChat:
     async def connect(self) -> None:
         return None
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         if len(self.requests) > 1:
             yield "It is three o'clock."
@@ -71,7 +73,7 @@ class StoryChat:
             self.closed_early += 1
             raise
 
-    async def prefill(self, messages: list[Message]) -> None:
+    async def prefill(self, messages: list[Message], tools: Any = None) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -206,7 +208,9 @@ def test_a_paused_speaker_goes_on_where_it_stopped_and_a_flush_ends_the_pause():
 class ShortChat(StoryChat):
     """One short reply (about six seconds of speech)."""
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         for word in STORY.split(" ")[:24]:
             yield word + " "
@@ -356,7 +360,9 @@ QUICK_S = 0.15  # "at once", with room for a loaded 2-core box; one piece of the
 class FastChat(StoryChat):
     """A fast LLM: forty short sentences, one every 10 ms; counts streams closed before the end."""
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         finished = False
         try:

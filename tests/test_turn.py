@@ -10,6 +10,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,10 +195,12 @@ class Chat:
     async def connect(self) -> None:
         return None
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[dict[str, str]], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         yield "Paris."
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
+    async def prefill(self, messages: list[dict[str, str]], tools: Any = None) -> None:
         return None
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import numpy as np
@@ -337,7 +338,9 @@ class FakeChat:
     async def connect(self) -> None:
         return None
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         n = len(self.requests)
         yield f"Reply {n} starts. "
@@ -345,7 +348,7 @@ class FakeChat:
             raise LLMUnavailableError("server went away")
         yield "And ends."
 
-    async def prefill(self, messages: list[Message]) -> None:
+    async def prefill(self, messages: list[Message], tools: Any = None) -> None:
         return None
 
     async def aclose(self) -> None:
@@ -427,7 +430,9 @@ async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, ca
 class MuteOnceChat(FakeChat):
     """Ends its first reply with nothing speakable, as a tiny model sometimes does."""
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         yield "**" if len(self.requests) == 1 else "Hello there."
 
@@ -446,7 +451,9 @@ class LoopingChat(FakeChat):
 
     closed_early = False
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         try:
             yield "I'm a voice. "
@@ -600,7 +607,9 @@ class StallingChat:
         self.requests: list[list[Message]] = []
         self.url = "http://127.0.0.1:1/v1"
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Any = None, calls: Any = None
+    ) -> AsyncIterator[str]:
         self.requests.append(messages)
         for piece in self.scripts.pop(0):
             if piece is None:
@@ -657,7 +666,9 @@ async def test_a_reply_that_stalls_midway_goes_on_from_what_was_said():
 @pytest.mark.parametrize("server", [RestartableServer(threads=1), RestartableServer(private=False)])
 async def test_one_thread_or_a_shared_server_is_never_restarted(server):
     class Slow(StallingChat):
-        async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        async def stream(
+            self, messages: list[Message], tools: Any = None, calls: Any = None
+        ) -> AsyncIterator[str]:
             await asyncio.sleep(0.4)  # slower than the limits, but it comes
             yield "Slow."
 

@@ -453,10 +453,7 @@ class Assistant:
         messages = self.conversation.request(
             user_text, self.chat.context_tokens, self.settings.llm.max_tokens, pending=pending
         )
-        tools = self.toolbox.schemas() if self.toolbox and self.toolbox.for_model else None
-        self._warming = asyncio.create_task(
-            self.chat.prefill(messages, tools) if tools else self.chat.prefill(messages)
-        )
+        self._warming = asyncio.create_task(self.chat.prefill(messages, self.toolbox.offered()))
 
     # -- finishing a turn -------------------------------------------------------------------------
     def _audio_time(self, job: ReplyJob, wall: float) -> float:

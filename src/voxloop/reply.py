@@ -300,16 +300,14 @@ class ReplyJob:
                 r.llm_first_token_ms = (time.perf_counter() - started) * 1000
             self._out(ReplyDelta(text))
 
-        tools = self.toolbox.schemas() if self.toolbox and self.toolbox.for_model else None
+        tools = self.toolbox.offered() if self.toolbox is not None else None
         for _ in range(MAX_TOOL_ROUNDS):
             reply = SpokenReply(self.llm.max_tokens * CHARS_PER_TOKEN)
             calls: list[ToolCall] = []
-            stream = chat.stream(messages)
+            stream = chat.stream(messages, tools, calls)
             if tools and self.toolbox is not None:
                 # Calls the server parsed, and calls a small model wrote as text.
-                stream = calls_in_text(
-                    chat.stream(messages, tools=tools, calls=calls), self.toolbox.tools, calls
-                )
+                stream = calls_in_text(stream, self.toolbox.tools, calls)
             async for sentence in spoken(self._watched(stream), reply, seen):
                 self._say(sentence, started)
             if not calls or reply.stopped:
@@ -338,12 +336,17 @@ class ReplyJob:
             self._out(ToolUsed(intent.call.name, intent.call.arguments, result, None, self._ms(started)))
             said = intent.answer(result)
         self.result.llm_total_ms = self._ms(started)
-        self._out(ReplyDelta(said))
-        self._say(said, started)
+        self._say_own(said, started)
 
     @staticmethod
     def _ms(since: float) -> float:
         return (time.perf_counter() - since) * 1000
+
+    def _say_own(self, text: str, started: float, more: bool = False) -> None:
+        """Words of voxloop's own (a tool's answer, the filler, an apology): shown as the
+        model's would be (``more``: with a space before the words that follow), and said."""
+        self._out(ReplyDelta(text + " " if more else text))
+        self._say(text, started)
 
     async def _use_tools(self, text: str, calls: list[ToolCall], started: float) -> list[Message] | None:
         """Run the calls the model asked for (saying the filler first if nothing was said yet);
@@ -351,19 +354,17 @@ class ReplyJob:
         apology is said instead, and the reply ends there."""
         assert self.toolbox is not None
         if not self.result.sentences and self.filler:
-            self._out(ReplyDelta(self.filler + " "))
-            self._say(self.filler, started)
+            self._say_own(self.filler, started, more=True)
         t0 = time.perf_counter()
         self.result.tools += [c.name for c in calls]
         outcomes = await asyncio.gather(*(self.toolbox.run(c) for c in calls), return_exceptions=True)
-        ms = (time.perf_counter() - t0) * 1000
+        ms = self._ms(t0)
         results: list[Message] = []
         for call, outcome in zip(calls, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 spoken_error = outcome.spoken if isinstance(outcome, ToolFailure) else "Sorry, that failed."
                 self._out(ToolUsed(call.name, call.arguments, None, str(outcome), ms))
-                self._out(ReplyDelta(spoken_error))
-                self._say(spoken_error, started)
+                self._say_own(spoken_error, started)
                 return None
             self._out(ToolUsed(call.name, call.arguments, outcome, None, ms))
             results.append({"role": "tool", "tool_call_id": call.id, "content": outcome})

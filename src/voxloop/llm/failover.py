@@ -81,7 +81,7 @@ class FailoverChat:
         for _attempt in range(len(self.chats)):
             started = False
             chat = self.chats[self.current]
-            stream = chat.stream(messages, tools, calls) if tools else chat.stream(messages)
+            stream = chat.stream(messages, tools, calls)
             try:
                 async for piece in stream:
                     started = True

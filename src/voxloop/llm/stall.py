@@ -92,7 +92,7 @@ class StallGuard:
             # After a restart the server goes on from what was already said (llama.cpp continues
             # a final assistant message), so nothing is repeated or lost.
             asked = [*messages, {"role": "assistant", "content": said}] if said else messages
-            stream = self.chat.stream(asked, tools, calls) if tools else self.chat.stream(asked)
+            stream = self.chat.stream(asked, tools, calls)
             waited = 0.0
             try:
                 pieces = aiter(stream)

@@ -150,6 +150,10 @@ class Toolbox:
     def schemas(self) -> list[dict[str, Any]]:
         return [t.schema() for t in self.tools.values()]
 
+    def offered(self) -> list[dict[str, Any]] | None:
+        """The schemas a request carries as ``tools``: None when the model is offered none."""
+        return self.schemas() if self.tools and self.for_model else None
+
     async def run(self, call: ToolCall) -> str:
         """The call's result as text for the model (JSON for anything but a string). Raises
         :class:`ToolFailure` for an unknown tool, bad arguments, an error or a time-out."""

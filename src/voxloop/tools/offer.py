@@ -21,9 +21,9 @@ def builtin_tools(timers: Timers) -> tuple[Tool, ...]:
     return (*BUILTIN, *timers.tools())
 
 
-def check_allow(settings: ToolSettings) -> None:
+def check_allow(settings: ToolSettings, builtins: Iterable[Tool]) -> None:
     """A name in ``tools.allow`` that is no built-in tool is a typo: say so before anything runs."""
-    known = {t.name for t in builtin_tools(Timers(lambda _: None))}
+    known = {t.name for t in builtins}
     unknown = sorted(set(settings.allow) - known)
     if unknown:
         raise ConfigError(
@@ -64,10 +64,11 @@ def conversation_toolbox(
 ) -> Toolbox:
     """The tools for one conversation (empty: none at all): the built-in ones allowed, the named
     plugins', and ``more`` (an MCP server's); offered to the model as ``model_calls`` says."""
-    check_allow(settings)
+    builtins = builtin_tools(timers)
+    check_allow(settings, builtins)
     if not settings.enabled:
         return Toolbox()
-    tools = [t for t in builtin_tools(timers) if not settings.allow or t.name in settings.allow]
+    tools = [t for t in builtins if not settings.allow or t.name in settings.allow]
     for_model = settings.model_calls == "on" or (
         settings.model_calls == "auto" and chat.takes_tools and not embedded
     )
