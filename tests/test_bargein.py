@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 
 from conftest import cer
+from kit import ScriptedChat, Voice, Words
 from voxloop.audio.aec import make_echo_canceller
-from voxloop.audio.sink import NullSink, VirtualSpeaker
-from voxloop.audio.sources import EchoSource
+from voxloop.audio.sink import NullSink
 from voxloop.audio.speech import spoken_turns
 from voxloop.conversation import Conversation
 from voxloop.events import Event, Interrupted, SpeechEnded, SpeechStarted, TurnDone
-from voxloop.llm import Message
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
 from voxloop.reply import Models, ReplyJob
 from voxloop.settings import LlmSettings, Settings, VadSettings
+from voxloop.testing import EchoSource, VirtualSpeaker
 from voxloop.vad.endpointer import SileroEndpointer
 
 # Playback pauses on the first voiced step over it; the reply is cut once the voice has lasted
@@ -43,41 +43,9 @@ STORY = (
 )
 
 
-class StoryChat:
-    """A chat model that tells a long story slowly, and records requests and early closes."""
-
-    model = "story"
-    context_tokens = 4096
-    takes_tools = False
-
-    def __init__(self) -> None:
-        self.requests: list[list[Message]] = []
-        self.closed_early = 0
-
-    async def connect(self) -> None:
-        return None
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        if len(self.requests) > 1:
-            yield "It is three o'clock."
-            return
-        words = (STORY * 3).split(" ")
-        try:
-            for word in words:
-                await asyncio.sleep(0.01)
-                yield word + " "
-        except GeneratorExit:
-            self.closed_early += 1
-            raise
-
-    async def prefill(self, messages: list[Message], tools: Any = None) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+def story_chat() -> ScriptedChat:
+    """Tells a long story slowly, then answers the next request with the time."""
+    return ScriptedChat([w + " " for w in (STORY * 3).split(" ")], ["It is three o'clock."], delay_s=0.01)
 
 
 def _scene(synthesizer, interrupt_after_s: float = 2.5) -> tuple[np.ndarray, float, float]:
@@ -105,7 +73,7 @@ async def _run(settings, transcriber, synthesizer, chat, audio, aec_kind: str | 
 @pytest.mark.integration
 async def test_barge_in_stops_playback_closes_stream_and_keeps_what_was_heard(transcriber, synthesizer):
     audio, _end_q, interrupt_at = _scene(synthesizer)
-    chat = StoryChat()
+    chat = story_chat()
     turns, events, speaker, _assistant = await _run(
         Settings(), transcriber, synthesizer, chat, audio, "webrtc"
     )
@@ -143,7 +111,7 @@ async def test_barge_in_stops_playback_closes_stream_and_keeps_what_was_heard(tr
 async def test_barge_in_with_headphones_stops_within_200_ms(transcriber, synthesizer):
     """No echo reaches the microphone (headphones): full duplex without a canceller."""
     audio, _end_q, interrupt_at = _scene(synthesizer)
-    chat = StoryChat()
+    chat = story_chat()
     turns, _events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0)
     assert len(speaker.paused_at_s) == 1 and len(speaker.flushed_at_s) == 1
     assert 0 <= speaker.paused_at_s[0] - interrupt_at <= 0.2, (speaker.paused_at_s, interrupt_at)
@@ -154,7 +122,7 @@ async def test_barge_in_with_headphones_stops_within_200_ms(transcriber, synthes
 async def test_without_echo_cancellation_the_echo_would_interrupt(transcriber, synthesizer):
     """The control for the test above: the same room without AEC barges in on its own echo."""
     audio, _end_q, interrupt_at = _scene(synthesizer)
-    chat = StoryChat()
+    chat = story_chat()
     turns, _events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None)
     assert speaker.paused_at_s and speaker.paused_at_s[0] < interrupt_at - 0.3
     assert speaker.flushed_at_s and turns[0].interrupted
@@ -205,15 +173,9 @@ def test_a_paused_speaker_goes_on_where_it_stopped_and_a_flush_ends_the_pause():
     assert np.array_equal(speaker.render(17000, 17100), reply[:100])
 
 
-class ShortChat(StoryChat):
+def short_chat() -> ScriptedChat:
     """One short reply (about six seconds of speech)."""
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        for word in STORY.split(" ")[:24]:
-            yield word + " "
+    return ScriptedChat([w + " " for w in STORY.split(" ")[:24]])
 
 
 def _blip(synthesizer, before: np.ndarray) -> np.ndarray:
@@ -244,7 +206,7 @@ async def test_a_click_during_the_reply_pauses_it_for_a_moment_and_it_goes_on(tr
     before = np.concatenate([ask, np.zeros(2 * 16000 - len(ask) % 512, np.float32)])
     blip = _blip(synthesizer, before)
     audio = np.concatenate([before, blip, np.zeros(12 * 16000, np.float32)])
-    chat = ShortChat()
+    chat = short_chat()
     turns, events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0)
     assert len(speaker.paused_at_s) == 1 and len(speaker.resumed_at_s) == 1, events
     assert 0 < speaker.resumed_at_s[0] - speaker.paused_at_s[0] <= 0.07
@@ -277,7 +239,7 @@ async def test_a_cough_over_the_reply_pauses_it_and_it_goes_on(transcriber, synt
     ask = spoken_turns(synthesizer, ["Tell me a short story."], lead_s=0.5, turn_gap_s=0)
     before = np.concatenate([ask, np.zeros(2 * 16000 - len(ask) % 512, np.float32)])
     audio = np.concatenate([before, _cough(synthesizer, before), np.zeros(12 * 16000, np.float32)])
-    chat = ShortChat()
+    chat = short_chat()
     turns, events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0)
     assert len([e for e in events if isinstance(e, SpeechStarted)]) == 2, events  # the cough was announced
     assert len(speaker.paused_at_s) == 1 and len(speaker.resumed_at_s) == 1
@@ -296,7 +258,7 @@ async def test_an_uh_huh_over_the_reply_is_not_a_turn_and_the_reply_goes_on(tran
     before = np.concatenate([ask, np.zeros(2 * 16000 - len(ask) % 512, np.float32)])
     nod = spoken_turns(synthesizer, [said], lead_s=0.0, turn_gap_s=0)
     audio = np.concatenate([before, nod, np.zeros(12 * 16000, np.float32)])
-    chat = ShortChat()
+    chat = short_chat()
     turns, events, speaker, _ = await _run(Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0)
     assert len(speaker.paused_at_s) == 1 and len(speaker.resumed_at_s) == 1, (speaker.paused_at_s, events)
     assert 0 < speaker.resumed_at_s[0] - speaker.paused_at_s[0] <= 1.6  # the nod, its endpoint, its words
@@ -357,35 +319,14 @@ TTS_S = 0.05  # per piece
 QUICK_S = 0.15  # "at once", with room for a loaded 2-core box; one piece of the backlog is 0.05 s
 
 
-class FastChat(StoryChat):
-    """A fast LLM: forty short sentences, one every 10 ms; counts streams closed before the end."""
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        finished = False
-        try:
-            for fact in FACTS:
-                await asyncio.sleep(0.01)
-                yield fact + " "
-            finished = True
-        finally:
-            self.closed_early += not finished
+def fast_chat() -> ScriptedChat:
+    """A fast LLM: forty short sentences, one every 10 ms."""
+    return ScriptedChat([fact + " " for fact in FACTS], delay_s=0.01)
 
 
-class LaggingSynth:
-    """A CPU TTS: 50 ms a piece on the TTS thread; notes each piece it starts."""
-
-    sample_rate = 24000
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-
-    def synthesize(self, text: str) -> np.ndarray:
-        self.started.append(text)
-        time.sleep(TTS_S)
-        return np.full(2400, 0.1, np.float32)
+def lagging_voice() -> Voice:
+    """A CPU TTS: 50 ms a piece on the TTS thread."""
+    return Voice(delay_s=TTS_S)
 
 
 class RecordingSink(NullSink):
@@ -419,16 +360,6 @@ class RecordingSink(NullSink):
         return sum(t > self.flushed_at[0] for t in self.played_at)
 
 
-class Words:
-    """A transcriber that hears the given turns, one per utterance."""
-
-    def __init__(self, *texts: str) -> None:
-        self.texts = list(texts)
-
-    def transcribe(self, audio: np.ndarray, stop: Any = None) -> str:
-        return self.texts.pop(0)
-
-
 def _utterance(end_s: float, final: bool = True) -> SpeechEnded:
     return SpeechEnded(
         audio=np.zeros(1600, np.float32), start_s=0.0, end_s=end_s, endpoint_at_s=end_s + 0.01, final=final
@@ -444,8 +375,8 @@ def threads() -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
 
 def _reply(
     threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
-) -> tuple[ReplyJob, FastChat, LaggingSynth, RecordingSink, list[Event]]:
-    chat, synth, sink, emitted = FastChat(), LaggingSynth(), RecordingSink(), []
+) -> tuple[ReplyJob, ScriptedChat, Voice, RecordingSink, list[Event]]:
+    chat, synth, sink, emitted = fast_chat(), lagging_voice(), RecordingSink(), []
     models = Models(Words("Tell me forty facts."), chat, synth, sink, *threads)
     job = ReplyJob(models, Conversation(""), LlmSettings(max_tokens=400), _utterance(1.0), emitted.append)
     return job, chat, synth, sink, emitted
@@ -458,11 +389,11 @@ async def test_a_barge_in_plays_nothing_after_the_flush_when_tts_lags(threads):
     t0 = time.perf_counter()
     spoken = await job.interrupt()
     waited = time.perf_counter() - t0
-    voiced = len(synth.started)
+    voiced = len(synth.said)
     await asyncio.sleep(0.3)  # a backlog left running would be heard by now
     assert sink.after_flush() == 0, f"{sink.after_flush()} pieces played after the flush"
     assert waited < QUICK_S, f"interrupt() waited {waited:.2f} s"
-    assert len(synth.started) == voiced  # nothing more was voiced once it returned
+    assert len(synth.said) == voiced  # nothing more was voiced once it returned
     assert chat.closed_early == 1  # and generation stopped
     # What was heard is what was played, and that is what the history keeps.
     assert spoken == FACTS[: len(sink.played_at)] and len(spoken) >= 2
@@ -477,10 +408,10 @@ async def test_calling_off_a_speculative_reply_does_not_wait_for_its_tts_backlog
     t0 = time.perf_counter()
     await job.cancel()
     waited = time.perf_counter() - t0
-    voiced = len(synth.started)
+    voiced = len(synth.said)
     await asyncio.sleep(0.2)
     assert waited < QUICK_S, f"cancel() waited {waited:.2f} s for the TTS backlog"
-    assert len(synth.started) == voiced <= 4
+    assert len(synth.said) == voiced <= 4
     assert chat.closed_early == 1
     assert not sink.played_at and not emitted  # a speculative reply is neither shown nor heard
 
@@ -489,7 +420,7 @@ async def test_a_reply_left_alone_speaks_every_piece_even_when_tts_lags(threads)
     job, chat, synth, sink, emitted = _reply(threads)
     job.commit()
     result = await job.finish()
-    assert result.sentences == FACTS == synth.started
+    assert result.sentences == FACTS == synth.said
     assert len(sink.played_at) == 40 and len(result.audio) == 40
     assert job.queued_end == sink.queued_total and chat.closed_early == 0
     assert [e.text for e in emitted if hasattr(e, "first")] == FACTS  # every AudioChunk, in order
@@ -556,9 +487,9 @@ async def test_the_vad_is_fed_throughout_a_called_off_reply_and_a_barge_in():
             45: [SpeechStarted(at_s=0.45)],
         }
     )
-    chat, sink, printer = FastChat(), RecordingSink(), CollectingPrinter()
+    chat, sink, printer = fast_chat(), RecordingSink(), CollectingPrinter()
     words = Words("Tell me", "Tell me forty facts.")
-    assistant = Assistant(Settings(), words, chat, LaggingSynth(), sink, printer)
+    assistant = Assistant(Settings(), words, chat, lagging_voice(), sink, printer)
     turns = await assistant.run(MicSource(70), endpointer)
     assert endpointer.longest_gap() < QUICK_S, f"the VAD went unfed for {endpointer.longest_gap():.2f} s"
     assert chat.closed_early == 2  # both replies' streams were closed
@@ -605,8 +536,8 @@ async def test_an_interrupt_over_the_websocket_stops_the_reply_audio_when_tts_la
         "voxloop.pipeline.make_endpointer",
         lambda settings, rate: ScriptedEndpointer({3: [SpeechStarted(at_s=0.0), _utterance(0.06)]}),
     )
-    chat = FastChat()
-    state = ServerState(Settings(), Words("Tell me forty facts."), chat, LaggingSynth())
+    chat = fast_chat()
+    state = ServerState(Settings(), Words("Tell me forty facts."), chat, lagging_voice())
     pieces, after_request, after_event = 0, 0, 0
     requested = interrupted = False
     kinds: list[str] = []
@@ -636,7 +567,7 @@ async def test_an_interrupt_over_the_websocket_stops_the_reply_audio_when_tts_la
                     kinds.append(event["type"])
                     interrupted = interrupted or event["type"] == "interrupted"
                     spoken = event.get("spoken", spoken)
-                    done = event.get("text", "") if event["type"] == "assistant_done" else done
+                    done = (event["assistant"] or "") if event["type"] == "turn_done" else done
                 with contextlib.suppress(asyncio.TimeoutError):
                     while True:  # a backlog left running would go on arriving
                         message = await asyncio.wait_for(ws.recv(), timeout=0.5)

@@ -312,7 +312,7 @@ async def test_a_websocket_over_wss_gets_the_hello(https_server):
             origin=origin,
         ) as ws:
             hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello" and hello["protocol"] == 1, origin
+        assert hello["type"] == "hello" and hello["protocol"] == 2, origin
 
 
 class _Page(BaseHTTPRequestHandler):

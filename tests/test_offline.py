@@ -230,11 +230,11 @@ def test_voxloop_serve_and_a_client_with_no_network(offline, speech, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = json.loads(proc.stdout.splitlines()[-1])["events"]
     kinds = [e["type"] for e in events]
-    assert kinds.index("user_transcript") < kinds.index("assistant_done"), kinds
+    assert kinds.index("transcript") < kinds.index("turn_done"), kinds
     assert "interrupted" not in kinds and "error" not in kinds, events
-    assert wer(question, next(e for e in events if e["type"] == "user_transcript")["text"]) <= 0.25
-    reply = next(e for e in events if e["type"] == "assistant_done")["text"]
-    assert reply.strip() and "".join(e["text"] for e in events if e["type"] == "assistant_delta").strip()
+    assert wer(question, next(e for e in events if e["type"] == "transcript")["text"]) <= 0.25
+    reply = next(e for e in events if e["type"] == "turn_done")["assistant"]
+    assert reply.strip() and "".join(e["text"] for e in events if e["type"] == "reply_delta").strip()
     assert json.loads(proc.stdout.splitlines()[-1])["samples"] > 24000 * 0.5  # its audio came back
     assert "'serve'" in procs and "serve_and_talk.py" in procs  # the recorder was loaded in both
     assert notes == ""

@@ -1,4 +1,4 @@
-"""`voxloop serve`: the WebSocket protocol (version 1) with real models and a real LLM server,
+"""`voxloop serve`: the WebSocket protocol (version 2) with real models and a real LLM server,
 several conversations at once, and its guards (Origin, token, malformed frames)."""
 
 from __future__ import annotations
@@ -114,15 +114,18 @@ async def test_a_spoken_turn_over_the_websocket(server, synthesizer):
     question = "What is the capital of France?"
     events, samples = await converse(server, spoken_turns(synthesizer, [question]))
     hello = events[0]
-    assert hello["type"] == "hello" and hello["protocol"] == 1
+    assert hello["type"] == "hello" and hello["protocol"] == 2
     assert (hello["input_sample_rate"], hello["output_sample_rate"]) == (16000, 24000)
     kinds = [e["type"] for e in events]
-    assert kinds.index("speech_started") < kinds.index("user_transcript") < kinds.index("assistant_done")
-    user = next(e for e in events if e["type"] == "user_transcript")["text"]
+    assert kinds.index("speech_started") < kinds.index("transcript") < kinds.index("turn_done")
+    user = next(e for e in events if e["type"] == "transcript")["text"]
     assert wer(question, user) <= 0.25
-    done = next(e for e in events if e["type"] == "assistant_done")
-    deltas = "".join(e["text"] for e in events if e["type"] == "assistant_delta")
-    assert done["text"] and deltas.strip()
+    done = next(e for e in events if e["type"] == "turn_done")
+    deltas = "".join(e["text"] for e in events if e["type"] == "reply_delta")
+    assert done["assistant"] and deltas.strip()
+    # The turn as `voxloop chat --json` prints it: who said what, whether it was cut, its tools.
+    assert done["user"] == user and done["interrupted"] is False and done["error"] is None
+    assert done["tools"] == [] and events[-1] == {"type": "metrics", "turn": 1, "timings": done["timings"]}
     assert samples > 24000 * 0.5  # reply audio arrived as PCM16 at 24 kHz
     metrics = httpx.get(f"http://{server}/metrics").text
     assert "voxloop_turns_total" in metrics and 'voxloop_stage_seconds_count{stage="stt"}' in metrics
@@ -133,7 +136,8 @@ async def test_a_timer_set_in_a_session_rings_in_that_session(server, synthesize
     events, _ = await converse(server, asked, until="notice", silence_s=8.0)
     (tool,) = [e for e in events if e["type"] == "tool"]
     assert tool["name"] == "set_timer" and tool["error"] is None
-    assert next(e for e in events if e["type"] == "assistant_done")["text"] == "Okay, 3 second timer started."
+    done = next(e for e in events if e["type"] == "turn_done")
+    assert done["assistant"] == "Okay, 3 second timer started." and done["tools"] == ["set_timer"]
     assert events[-1] == {"type": "notice", "text": "Your 3 second timer is done."}
 
 
@@ -141,9 +145,9 @@ async def test_concurrent_sessions_each_get_their_own_conversation(server, synth
     questions = ["What is the capital of France?", "Tell me a joke about cats.", "Hello there, my friend!"]
     results = await asyncio.gather(*(converse(server, spoken_turns(synthesizer, [q])) for q in questions))
     for question, (events, samples) in zip(questions, results, strict=True):
-        user = next(e for e in events if e["type"] == "user_transcript")["text"]
+        user = next(e for e in events if e["type"] == "transcript")["text"]
         assert wer(question, user) <= 0.25, (question, user)
-        assert next(e for e in events if e["type"] == "assistant_done")["text"]
+        assert next(e for e in events if e["type"] == "turn_done")["assistant"]
         assert samples > 0
 
 
@@ -163,7 +167,7 @@ async def test_malformed_frames_get_an_error_and_the_session_goes_on(server, syn
     errors = [e["message"] for e in events if e["type"] == "error"]
     assert len(errors) == 3, errors
     assert any("Malformed" in e for e in errors) and any("launch-missiles" in e for e in errors)
-    user = next(e for e in events if e["type"] == "user_transcript")["text"]
+    user = next(e for e in events if e["type"] == "transcript")["text"]
     assert wer(question, user) <= 0.25
 
 
@@ -171,7 +175,7 @@ async def test_config_sets_the_system_prompt(server, synthesizer):
     config = json.dumps({"type": "config", "system": "You are Pip, a pirate."})
     events, _ = await converse(server, spoken_turns(synthesizer, ["Hello there!"]), before=[config])
     assert any(e["type"] == "config_ok" for e in events)
-    assert next(e for e in events if e["type"] == "assistant_done")["text"]
+    assert next(e for e in events if e["type"] == "turn_done")["assistant"]
 
 
 def _chromium(playwright: Any, *args: str) -> Any:
@@ -287,7 +291,7 @@ async def test_closing_the_page_closes_the_reply_stream(proxy, synthesizer, tmp_
                     break
             while True:  # wait for the reply to start streaming, then leave
                 message = await asyncio.wait_for(ws.recv(), timeout=30)
-                if isinstance(message, str) and json.loads(message)["type"] == "assistant_delta":
+                if isinstance(message, str) and json.loads(message)["type"] == "reply_delta":
                     break
         closed = time.monotonic()
         deadline = closed + 5

@@ -115,11 +115,11 @@ def test_transcribe_splits_a_mid_phrase_pause_the_way_chat_does(mid_phrase_pause
     from voxloop.settings import Settings
 
     heard = transcribe(Settings(), str(mid_phrase_pause))
-    assert len(heard) == 1, [text for _, text in heard]
-    assert wer("I would like to order a large pizza with mushrooms", heard[0][1]) <= 0.25
+    assert len(heard) == 1, [t.text for _, t in heard]
+    assert wer("I would like to order a large pizza with mushrooms", heard[0][1].text) <= 0.25
     # The control: without the words steering the endpointer, the same pause splits it.
     plain = transcribe(Settings(vad=VadSettings(adaptive=False)), str(mid_phrase_pause))
-    assert len(plain) == 2, [text for _, text in plain]
+    assert len(plain) == 2, [t.text for _, t in plain]
 
 
 def test_an_interim_transcript_made_useless_is_dropped_after_the_encoder(transcriber, speech):

@@ -2,7 +2,7 @@
 
 Fast tests of each seam (the schema made from a signature, the calculator, the toolbox's
 failures, streamed tool-call deltas, a reply with a tool call on a scripted model), then the
-real thing: spoken questions through the real pipeline and the small preset's llama.cpp.
+real thing: spoken questions through the real pipeline and the embedded llama.cpp.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from kit import ScriptedChat, Voice, Words
 from voxloop.audio import save_wav
 from voxloop.audio.decode import load_audio
 from voxloop.conversation import Conversation
@@ -328,47 +328,23 @@ async def test_a_server_that_does_not_take_tools_is_asked_again_without_them():
 
 
 # -- a reply with a tool call, on a scripted model -----------------------------------------------
-class ScriptedChat:
-    """Calls ``calculate`` on the first request, answers from the tool's result on the next."""
+def calculator_chat(expression: str) -> ScriptedChat:
+    """Calls ``calculate`` on ``expression`` when offered tools, answers from the tool's result
+    on the next request, and from its own knowledge when offered none."""
 
-    model = "scripted"
-    context_tokens = 4096
-    takes_tools = True
-
-    def __init__(self, expression: str) -> None:
-        self.expression = expression
-        self.requests: list[list[Message]] = []
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: list[ToolCall] | None = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
+    def reply(
+        messages: list[Message], tools: list[dict[str, Any]] | None, calls: list[ToolCall] | None
+    ) -> list[str]:
         if messages[-1]["role"] == "tool":
             result = json.loads(messages[-1]["content"])["result"]
-            yield f"That makes {result}."
-            return
+            return [f"That makes {result}."]
         if not tools:
-            yield "Roughly sixteen hundred."
-            return
+            return ["Roughly sixteen hundred."]
         assert calls is not None
-        calls.append(ToolCall("c1", "calculate", json.dumps({"expression": self.expression})))
-        if False:  # pragma: no cover - makes this an async generator
-            yield ""
+        calls.append(ToolCall("c1", "calculate", json.dumps({"expression": expression})))
+        return []
 
-
-class _Voice:
-    sample_rate = 16000
-
-    def synthesize(self, text: str) -> np.ndarray:
-        return np.full(1600, 0.1, np.float32)
-
-
-class _Ears:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def transcribe(self, audio: np.ndarray, stop: Any = None) -> str:
-        return self.text
+    return ScriptedChat(reply, takes_tools=True)
 
 
 async def _reply(
@@ -378,7 +354,7 @@ async def _reply(
 
     events: list[Event] = []
     pool = ThreadPoolExecutor(1)
-    models = Models(_Ears(said), chat, _Voice(), NullSink(), pool, pool)  # type: ignore[arg-type]
+    models = Models(Words(said), chat, Voice(16000), NullSink(), pool, pool)
     speech = SpeechEnded(np.zeros(16000, np.float32), 0.0, 1.0, 1.4)
     job = ReplyJob(
         models,
@@ -396,7 +372,7 @@ async def _reply(
 
 
 async def test_a_tool_call_is_answered_from_its_result_after_a_filler():
-    chat = ScriptedChat("37 * 43")
+    chat = calculator_chat("37 * 43")
     job, events = await _reply(chat, Toolbox.of([calculate]))
     assert job.result.sentences == ["Let me check.", "That makes 1591."]
     used = [e for e in events if isinstance(e, ToolUsed)]
@@ -414,7 +390,7 @@ async def test_a_tool_call_is_answered_from_its_result_after_a_filler():
 
 
 async def test_a_tool_that_fails_is_a_spoken_apology_and_the_reply_ends():
-    chat = ScriptedChat("1 / 0")
+    chat = calculator_chat("1 / 0")
     job, events = await _reply(chat, Toolbox.of([calculate]))
     assert job.result.sentences == ["Let me check.", "Sorry, I could not work that out: it divides by zero."]
     assert job.result.error is None and len(chat.requests) == 1
@@ -501,7 +477,7 @@ async def test_an_mcp_server_started_over_stdio_is_listed_and_called(tmp_path):
 
 
 async def test_a_plain_request_is_answered_from_the_words_without_the_model():
-    chat = ScriptedChat("unused")
+    chat = calculator_chat("unused")
     job, events = await _reply(chat, Toolbox.of([calculate], for_model=False), said="What is 37 times 43?")
     assert job.result.sentences == ["37 times 43 is 1591."] and chat.requests == []
     assert [(e.name, e.result) for e in events if isinstance(e, ToolUsed)] == [

@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from conftest import wer
+from kit import ScriptedChat, Voice, Words
 from voxloop import pipeline
 from voxloop.audio import save_wav
 from voxloop.audio.decode import load_audio
@@ -179,43 +179,9 @@ def test_an_answer_for_a_pause_that_is_over_is_ignored():
 
 
 # -- through the pipeline ----------------------------------------------------------------------
-class Words:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def transcribe(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> str:
-        return self.text
-
-
-class Chat:
-    model = "fake"
-    context_tokens = 2048
-    takes_tools = False
-
-    async def connect(self) -> None:
-        return None
-
-    async def stream(
-        self, messages: list[dict[str, str]], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        yield "Paris."
-
-    async def prefill(self, messages: list[dict[str, str]], tools: Any = None) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class Voice:
-    sample_rate = 24000
-
-    def synthesize(self, text: str) -> np.ndarray:
-        return np.full(2400, 0.1, np.float32)
-
-
 async def _endpoint_wait(samples: np.ndarray, settings: Settings) -> list[float]:
-    assistant = Assistant(settings, Words(QUESTION), Chat(), Voice(), NullSink(), CollectingPrinter())  # type: ignore[arg-type]
+    chat = ScriptedChat(["Paris."], context_tokens=2048)
+    assistant = Assistant(settings, Words(QUESTION), chat, Voice(), NullSink(), CollectingPrinter())
     return [t.timings["endpoint_wait_ms"] for t in await assistant.run(ArraySource(samples))]
 
 

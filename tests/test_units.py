@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from kit import STALL, ScriptedChat, Voice, Words
 from voxloop.audio.sink import NullSink
 from voxloop.conversation import Conversation, Exchange, estimate_tokens
 from voxloop.errors import (
@@ -316,50 +315,12 @@ async def test_nothing_listening_names_url_and_fix():
 
 
 # -- the pipeline with fakes at every seam ----------------------------------------------------
-class FakeTranscriber:
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-
-    def transcribe(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> str:
-        return self.texts.pop(0)
-
-
-class FakeChat:
-    """Answers "reply N"; fails the turns listed in ``fail``."""
-
-    model = "fake"
-    context_tokens = 2048
-    takes_tools = False
-
-    def __init__(self, fail: set[int] | None = None) -> None:
-        self.fail = fail or set()
-        self.requests: list[list[Message]] = []
-
-    async def connect(self) -> None:
-        return None
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        n = len(self.requests)
-        yield f"Reply {n} starts. "
-        if n in self.fail:
-            raise LLMUnavailableError("server went away")
-        yield "And ends."
-
-    async def prefill(self, messages: list[Message], tools: Any = None) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class FakeSynth:
-    sample_rate = 24000
-
-    def synthesize(self, text: str) -> np.ndarray:
-        return np.full(240 * len(text.split()), 0.1, np.float32)
+def numbered_chat(turns: int, fail: Collection[int] = ()) -> ScriptedChat:
+    """Answers request N with "Reply N starts. And ends."; the server goes away midway through
+    the requests numbered in ``fail``."""
+    gone = LLMUnavailableError("server went away")
+    replies = [[f"Reply {n} starts. ", gone if n in fail else "And ends."] for n in range(1, turns + 1)]
+    return ScriptedChat(*replies, context_tokens=2048)
 
 
 class ScriptedEndpointer:
@@ -399,10 +360,8 @@ class BlocksSource:
 
 async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, capsys):
     settings = Settings(output=Settings().output.__class__(output_dir=str(tmp_path)))
-    chat = FakeChat(fail={2})
-    assistant = Assistant(
-        settings, FakeTranscriber(["one", "two", "three"]), chat, FakeSynth(), NullSink(), JsonPrinter()
-    )
+    chat = numbered_chat(3, fail={2})
+    assistant = Assistant(settings, Words("one", "two", "three"), chat, Voice(), NullSink(), JsonPrinter())
     turns = await assistant.run(BlocksSource(3), ScriptedEndpointer())
     assert [t.error is None for t in turns] == [True, False, True]
     assert turns[2].assistant == "Reply 3 starts. And ends."
@@ -425,53 +384,28 @@ async def test_failed_turn_is_reported_saved_and_the_next_one_works(tmp_path, ca
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in out].count("turn_done") == 3
     assert any(e["type"] == "error" and "Turn 2" in e["message"] for e in out)
-
-
-class MuteOnceChat(FakeChat):
-    """Ends its first reply with nothing speakable, as a tiny model sometimes does."""
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        yield "**" if len(self.requests) == 1 else "Hello there."
+    # conversation.jsonl keeps each turn as --json printed it, with the time it was written.
+    assert [{k: v for k, v in x.items() if k != "time"} for x in lines] == [
+        e for e in out if e["type"] == "turn_done"
+    ]
 
 
 async def test_a_reply_with_nothing_to_say_is_asked_again():
-    chat = MuteOnceChat()
-    assistant = Assistant(Settings(), FakeTranscriber(["hi"]), chat, FakeSynth(), NullSink(), JsonPrinter())
+    # The first reply has nothing speakable, as a tiny model's sometimes has not.
+    chat = ScriptedChat(["**"], ["Hello there."], context_tokens=2048)
+    assistant = Assistant(Settings(), Words("hi"), chat, Voice(), NullSink(), JsonPrinter())
     turns = await assistant.run(BlocksSource(1), ScriptedEndpointer())
     assert len(chat.requests) == 2
     assert turns[0].assistant == "Hello there."
     assert turns[0].reply_audio is None and "speech_end_to_first_audio_ms" in turns[0].timings
 
 
-class LoopingChat(FakeChat):
-    """A tiny model stuck in a loop; records whether voxloop closed the stream early."""
-
-    closed_early = False
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        try:
-            yield "I'm a voice. "
-            for _ in range(50):
-                yield "I'm a voice. "
-        except GeneratorExit:
-            LoopingChat.closed_early = True
-            raise
-
-
 async def test_a_looping_reply_is_cut_and_the_stream_closed():
-    chat = LoopingChat()
-    assistant = Assistant(
-        Settings(), FakeTranscriber(["hi", "again"]), chat, FakeSynth(), NullSink(), JsonPrinter()
-    )
+    chat = ScriptedChat(["I'm a voice. "] * 51, context_tokens=2048)  # a tiny model stuck in a loop
+    assistant = Assistant(Settings(), Words("hi", "again"), chat, Voice(), NullSink(), JsonPrinter())
     turns = await assistant.run(BlocksSource(2), ScriptedEndpointer())
     assert turns[0].assistant == "I'm a voice."
-    assert LoopingChat.closed_early
+    assert chat.closed_early
     assert chat.requests[1][-2] == {"role": "assistant", "content": "I'm a voice."}
 
 
@@ -482,9 +416,8 @@ async def test_the_endpointer_is_told_before_each_block_whether_voxloop_is_speak
 
     for sink, speaking in ((NullSink(), False), (SpeakingSink(), True)):
         endpointer = ScriptedEndpointer()
-        assistant = Assistant(
-            Settings(), FakeTranscriber(["hi", "again"]), FakeChat(), FakeSynth(), sink, JsonPrinter()
-        )
+        chat = numbered_chat(2)
+        assistant = Assistant(Settings(), Words("hi", "again"), chat, Voice(), sink, JsonPrinter())
         await assistant.run(BlocksSource(2), endpointer)
         assert endpointer.told == [speaking, speaking]
 
@@ -599,25 +532,6 @@ def test_the_embedded_server_runs_one_thread_under_serve_unless_told(tmp_path, m
     assert threads(serving(chosen)) == "2"
 
 
-class StallingChat:
-    """A chat seam that, per request, yields its pieces and then hangs (None) or ends."""
-
-    def __init__(self, *scripts: list[str | None]) -> None:
-        self.scripts = list(scripts)
-        self.requests: list[list[Message]] = []
-        self.url = "http://127.0.0.1:1/v1"
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        for piece in self.scripts.pop(0):
-            if piece is None:
-                await asyncio.sleep(60)  # the stall: no token comes
-            else:
-                yield piece
-
-
 class RestartableServer:
     def __init__(self, threads: int = 2, private: bool = True) -> None:
         self.settings = LlmSettings(threads=threads)
@@ -635,7 +549,7 @@ class RestartableServer:
         self.url = "http://127.0.0.1:2/v1"
 
 
-async def _guarded(chat: StallingChat, server: RestartableServer) -> tuple[str, list[str]]:
+async def _guarded(chat: ScriptedChat, server: RestartableServer) -> tuple[str, list[str]]:
     from voxloop.llm.stall import StallGuard
 
     said: list[str] = []
@@ -645,7 +559,7 @@ async def _guarded(chat: StallingChat, server: RestartableServer) -> tuple[str, 
 
 
 async def test_a_stalled_embedded_server_is_restarted_on_one_thread_and_asked_again():
-    chat = StallingChat([None], ["Hello", " there."])
+    chat = ScriptedChat([STALL], ["Hello", " there."])
     server = RestartableServer()
     reply, said = await _guarded(chat, server)
     assert reply == "Hello there." and server.restarts == [1]
@@ -655,7 +569,7 @@ async def test_a_stalled_embedded_server_is_restarted_on_one_thread_and_asked_ag
 
 
 async def test_a_reply_that_stalls_midway_goes_on_from_what_was_said():
-    chat = StallingChat(["Once", " upon", None], [" a time."])
+    chat = ScriptedChat(["Once", " upon", STALL], [" a time."])
     server = RestartableServer()
     reply, said = await _guarded(chat, server)
     assert reply == "Once upon a time." and server.restarts == [1]
@@ -665,14 +579,8 @@ async def test_a_reply_that_stalls_midway_goes_on_from_what_was_said():
 
 @pytest.mark.parametrize("server", [RestartableServer(threads=1), RestartableServer(private=False)])
 async def test_one_thread_or_a_shared_server_is_never_restarted(server):
-    class Slow(StallingChat):
-        async def stream(
-            self, messages: list[Message], tools: Any = None, calls: Any = None
-        ) -> AsyncIterator[str]:
-            await asyncio.sleep(0.4)  # slower than the limits, but it comes
-            yield "Slow."
-
-    reply, said = await _guarded(Slow(), server)
+    slow = ScriptedChat(["Slow."], delay_s=0.4)  # slower than the limits, but it comes
+    reply, said = await _guarded(slow, server)
     assert reply == "Slow." and server.restarts == [] and said == []
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from voxloop.audio.decode import load_audio
 from voxloop.audio.sink import AudioSink, NullSink, SpeakerSink
 from voxloop.audio.sources import ArraySource, AudioSource, MicSource, RealtimeSource
 from voxloop.errors import AudioDeviceError, LLMError
-from voxloop.events import SpeechEnded, TurnDone
+from voxloop.events import SpeechEnded, Transcript, TurnDone
 from voxloop.llm import ChatModel
 from voxloop.llm.failover import FailoverChat
 from voxloop.llm.openai_http import OpenAIChat
@@ -129,8 +130,8 @@ def failed(turns: list[TurnDone]) -> int:
     return LLMError.exit_code if any(t.error for t in turns) else 0
 
 
-def transcribe(settings: Settings, path: str) -> list[tuple[SpeechEnded, str]]:
-    """Each utterance in a file with its text: the same decoder, VAD and STT as chat.
+def transcribe(settings: Settings, path: str) -> list[tuple[SpeechEnded, Transcript]]:
+    """Each utterance in a file with its transcript: the same decoder, VAD and STT as chat.
 
     As in chat, the words heard at each pause tell the endpointer whether the sentence sounded
     finished (end the utterance soon) or not (wait longer), so both split a recording alike.
@@ -138,25 +139,28 @@ def transcribe(settings: Settings, path: str) -> list[tuple[SpeechEnded, str]]:
     samples = load_audio(path)
     transcriber = WhisperTranscriber(settings.stt)
     endpointer = make_endpointer(settings.vad)
-    out: list[tuple[SpeechEnded, str]] = []
-    paused: tuple[float, str] | None = None  # (end_s, words) of the pause being weighed
+    out: list[tuple[SpeechEnded, Transcript]] = []
+    paused: tuple[float, Transcript] | None = None  # (end_s, words) of the pause being weighed
+
+    def heard(event: SpeechEnded) -> Transcript:
+        started = time.perf_counter()
+        text = transcriber.transcribe(event.audio)
+        return Transcript(text=text, stt_ms=(time.perf_counter() - started) * 1000)
+
     for block in ArraySource(samples).iter_blocks():
         for event in endpointer.feed(block):
             if not isinstance(event, SpeechEnded):
                 continue
             if not event.final:
-                text = transcriber.transcribe(event.audio)
-                endpointer.hint(sounds_finished(text))
-                paused = (event.end_s, text)
+                words = heard(event)
+                endpointer.hint(sounds_finished(words.text))
+                paused = (event.end_s, words)
                 continue
             # The pause that ended the utterance was already transcribed (chat reuses it too).
-            if paused is not None and paused[0] == event.end_s:
-                text = paused[1]
-            else:
-                text = transcriber.transcribe(event.audio)
+            words = paused[1] if paused is not None and paused[0] == event.end_s else heard(event)
             paused = None
-            if text:
-                out.append((event, text))
+            if words.text:
+                out.append((event, words))
     return out
 
 

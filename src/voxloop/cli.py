@@ -28,15 +28,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=None, help="log details and show tracebacks")
 
 
+def _stt_model_default() -> str:
+    """The Whisper model used when none is named: the bundled one the empty name stands for."""
+    from voxloop.stt.models import ALIASES
+
+    model = Settings().stt.model
+    return ALIASES.get(model, model)
+
+
 def _stt_flags(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
     p.add_argument(
         "--stt-model",
         metavar="NAME|DIR",
-        help="bundled tiny.en (default, English) or base (multilingual), or a faster-whisper model folder",
+        help="bundled tiny.en (English) or base (multilingual), or a faster-whisper model folder "
+        f"(default {_stt_model_default()})",
     )
     p.add_argument(
         "--language", metavar="CODE",
-        help="what the user speaks: en (default), de, fr, ... or '' to detect it (needs --stt-model base)",
+        help=f"what the user speaks (default {defaults.stt.language}): en, de, fr, ... or '' to detect "
+        "it (needs --stt-model base)",
     )  # fmt: skip
     p.add_argument(
         "--stt-allow-download", action="store_true", default=None,
@@ -45,16 +56,20 @@ def _stt_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vad",
         choices=["silero", "webrtc"],
-        help="endpointing: silero (default) or the reference webrtcvad",
+        help=f"endpointing: silero, or webrtc for the reference webrtcvad (default {defaults.vad.engine})",
     )
-    p.add_argument("--end-silence-ms", type=int, metavar="MS", help="silence that ends a turn (default 500)")
+    p.add_argument(
+        "--end-silence-ms", type=int, metavar="MS",
+        help=f"silence that ends a turn (default {defaults.vad.end_silence_ms})",
+    )  # fmt: skip
 
 
 def _turn_flag(p: argparse.ArgumentParser) -> None:
+    default = "on" if Settings().vad.turn_model else "off"
     p.add_argument(
         "--turn-model", action=argparse.BooleanOptionalAction, default=None,
-        help="let the turn model (Smart Turn v3.2) set the endpoint wait (default off: it shortens "
-        "the wait but, as tuned today, delays first audio; see voxloop bench --endpointing)",
+        help=f"let the turn model (Smart Turn v3.2) set the endpoint wait (default {default}; as "
+        "tuned today it shortens the wait but delays first audio; see voxloop bench --endpointing)",
     )  # fmt: skip
 
 
@@ -71,9 +86,9 @@ def _preset_flag(p: argparse.ArgumentParser) -> None:
 def _tools_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tools", dest="model_calls", choices=["auto", "on", "off"], default=None,
-        help="offer the LLM the clock, the calculator and timers to call (default auto: for a "
-        "server of your own whose model knows tools; plain requests are answered from the words "
-        "on any model)",
+        help="offer the LLM the clock, the calculator and timers to call: on, off, or auto for a "
+        f"server of your own whose model knows tools (default {Settings().tools.model_calls}); "
+        "plain requests are answered from the words on any model",
     )  # fmt: skip
     p.add_argument(
         "--no-tools", dest="tools_enabled", action="store_false", default=None,
@@ -92,6 +107,7 @@ def _served_llm_flags(p: argparse.ArgumentParser, system: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    defaults = Settings()  # the help states the settings' own defaults, so the two cannot drift
     parser = argparse.ArgumentParser(
         prog="voxloop", description="A real-time, fully offline voice assistant."
     )
@@ -118,14 +134,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _preset_flag(chat)
     chat.add_argument("--system", metavar="TEXT", help="system prompt")
-    chat.add_argument("--max-tokens", type=int, metavar="N", help="longest reply in tokens (default 96)")
+    chat.add_argument(
+        "--max-tokens", type=int, metavar="N",
+        help=f"longest reply in tokens (default {defaults.llm.max_tokens})",
+    )  # fmt: skip
     chat.add_argument(
         "--no-speak",
         action="store_true",
         default=None,
         help="do not play replies (still synthesized)",
     )
-    chat.add_argument("--voice", metavar="NAME", help="TTS voice (default heart)")
+    chat.add_argument("--voice", metavar="NAME", help=f"TTS voice (default {defaults.tts.voice})")
     chat.add_argument("--output-dir", "-o", metavar="DIR", help="save reply WAVs and conversation.jsonl here")
     chat.add_argument("--json", action="store_true", default=None, help="one JSON object per line on stdout")
     _stt_flags(chat)
@@ -142,13 +161,13 @@ def _parser() -> argparse.ArgumentParser:
     say = sub.add_parser("say", help="speak text, or write it to a WAV with -o")
     say.add_argument("text", metavar="TEXT")
     say.add_argument("-o", "--output", metavar="FILE.wav", help="write a WAV instead of playing")
-    say.add_argument("--voice", metavar="NAME", help="TTS voice (default heart)")
+    say.add_argument("--voice", metavar="NAME", help=f"TTS voice (default {defaults.tts.voice})")
     _common(say)
 
-    llm = sub.add_parser("llm", help="the embedded LLM server: start, status, stop")
+    llm = sub.add_parser("llm", help="the embedded LLM server: start, status, stop, prepare")
     llm_sub = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
     start = llm_sub.add_parser("start", help="start the embedded server in the background")
-    start.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8765)")
+    start.add_argument("--port", type=int, help=f"port on 127.0.0.1 (default {defaults.llm.port})")
     start.add_argument(
         "--model", metavar="PATH",
         help="llamacpp: a GGUF file (default: the --llm-preset's); vllm: a Hugging Face model folder "
@@ -163,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(start)
     for name, text in (("status", "show the running server"), ("stop", "stop the running server")):
         _common(llm_sub.add_parser(name, help=text))
+    prepare = llm_sub.add_parser(
+        "prepare", help="join, check and re-pack the embedded model now (else the first chat does it)"
+    )
+    _preset_flag(prepare)
+    _common(prepare)
 
     bench = sub.add_parser("bench", help="latency: voxloop vs the reference pipeline on the same recordings")
     bench.add_argument("--set", metavar="DIR", help="recordings + manifest.json (default benchmarks/set)")
@@ -194,16 +218,19 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument(
         "--soak", type=int, nargs="?", const=500, metavar="N",
-        help="the same as --turns, 500 questions unless N is given (~75 min): does anything grow?",
+        help="the same as --turns, %(const)s questions unless N is given (~75 min): does anything grow?",
     )  # fmt: skip
     bench.add_argument(
         "--stt", metavar="MODEL,MODEL,…",
         help="instead: WER and time of Whisper models (e.g. tiny.en,base) on benchmarks/quality's turns",
     )  # fmt: skip
-    bench.add_argument("--beams", default="1", metavar="N,N,…", help="with --stt: beam sizes (default 1)")
+    bench.add_argument(
+        "--beams", default=str(defaults.stt.beam_size), metavar="N,N,…",
+        help="with --stt: beam sizes (default %(default)s)",
+    )  # fmt: skip
     bench.add_argument(
         "--decoders", default="window", metavar="window,30s",
-        help="with --stt: voxloop's short encoder windows and/or Whisper's own 30 s (default window)",
+        help="with --stt: voxloop's short encoder windows and/or Whisper's own 30 s (default %(default)s)",
     )  # fmt: skip
     bench.add_argument(
         "--endpointing", action="store_true",
@@ -226,10 +253,10 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="the voice web page: many conversations at once in browser tabs")
     srv.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)"
+        "--host", default="127.0.0.1", help="address to bind (default %(default)s; others need a token)"
     )
     srv.add_argument(
-        "--port", dest="serve_port", type=int, default=8080, help="port (default 8080)"
+        "--port", dest="serve_port", type=int, default=8080, help="port (default %(default)s)"
     )  # not the LLM's port
     srv.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
     srv.add_argument(
@@ -291,7 +318,7 @@ def _wyoming_parser(sub: Any) -> None:
     _served_llm_flags(wy, "system prompt of the conversation agent")
     wy.add_argument(
         "--stt-model", metavar="NAME|DIR",
-        help="bundled tiny.en (default) or base, or a faster-whisper model folder",
+        help=f"bundled tiny.en or base, or a faster-whisper model folder (default {_stt_model_default()})",
     )  # fmt: skip
     wy.add_argument(
         "--language", metavar="CODE", help=f"what the users speak (default {Settings().stt.language})"
@@ -349,20 +376,12 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.app import transcribe
 
     items = transcribe(settings, args.file)
-    for event, text in items:
-        if settings.output.json:
-            print(
-                json.dumps(
-                    {
-                        "type": "transcript",
-                        "text": text,
-                        "start_s": round(event.start_s, 2),
-                        "end_s": round(event.end_s, 2),
-                    }
-                )
-            )
+    for event, heard in items:
+        if settings.output.json:  # where in the file, beside the transcript's own fields
+            where = {"start_s": round(event.start_s, 3), "end_s": round(event.end_s, 3)}
+            print(json.dumps({**heard.to_dict(), **where}))
         else:
-            print(text)
+            print(heard.text)
     if not items:
         print("No speech was heard in " + args.file + ".", file=sys.stderr)
     return 0
@@ -400,6 +419,9 @@ def cmd_llm(args: argparse.Namespace, settings: Settings) -> int:
         )
         server.save_state(info)
         print(info.url)
+        return 0
+    if args.llm_command == "prepare":
+        print(server.embedded_gguf(settings.llm, lambda line: print(line, file=sys.stderr, flush=True)))
         return 0
     if args.llm_command == "status":
         running = server.read_state()

@@ -108,7 +108,8 @@ class Conversation:
 
 class ConversationLog:
     """``conversation.jsonl``: one line per turn, appended and flushed as soon as the turn ends, so
-    nothing said is lost if anything fails later."""
+    nothing said is lost if anything fails later. A line is the turn's ``turn_done`` record
+    (``TurnDone.to_dict()``, as ``--json`` prints it) with the time it was written."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

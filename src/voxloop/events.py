@@ -2,6 +2,11 @@
 
 Each is frozen: once a stage has said something, nobody downstream can change it. Times on
 the *audio clock* are seconds from the first sample of the input; durations are milliseconds.
+
+Each event also owns its wire form, ``to_dict()``: what ``--json`` prints, what the WebSocket
+protocol sends (docs/protocol.md) and what ``conversation.jsonl`` keeps, so one fact has one
+name everywhere. A dict holds no audio; times on the audio clock are rounded to the
+millisecond, durations to a tenth of one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ class Ready:
 
     wall: float  # time.perf_counter() at sample 0
 
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "ready"}
+
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
@@ -25,6 +33,10 @@ class SpeechStarted:
 
     at_s: float
     resumed: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        # No ``resumed``: a resumed start is never written out (it only cancels an early answer).
+        return {"type": "speech_started", "at_s": round(self.at_s, 3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,15 @@ class SpeechEnded:
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": "speech_ended",
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "endpoint_at_s": round(self.endpoint_at_s, 3),
+            "final": self.final,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
@@ -55,12 +76,22 @@ class Transcript:
     stt_ms: float
     partial: bool = False
 
+    def to_dict(self) -> dict[str, object]:
+        # A partial transcript is its own message: a client shows it and replaces it, and
+        # keeps only the final one.
+        if self.partial:
+            return {"type": "partial", "text": self.text}
+        return {"type": "transcript", "text": self.text, "stt_ms": round(self.stt_ms, 1)}
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyDelta:
     """A piece of the assistant's reply text as the LLM streams it."""
 
     text: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "reply_delta", "text": self.text}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +103,11 @@ class AudioChunk:
     text: str
     first: bool = False  # the reply's first audio: the moment latency is measured to
 
+    def to_dict(self) -> dict[str, object]:
+        # The samples travel on their own (a WAV, binary frames); only the first chunk is an
+        # event worth a line: the moment the reply can be heard.
+        return {"type": "first_audio" if self.first else "audio", "text": self.text}
+
 
 @dataclass(frozen=True, slots=True)
 class Interrupted:
@@ -79,6 +115,9 @@ class Interrupted:
 
     at_s: float
     spoken: str  # the part of the reply that was heard, which is all the history keeps
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "interrupted", "at_s": round(self.at_s, 3), "spoken": self.spoken}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +135,28 @@ class TurnDone:
     first_audio_at_s: float | None = None  # audio clock: when the first reply audio was ready
     tools: tuple[str, ...] = ()  # the tools run for the reply
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": "turn_done",
+            "turn": self.index,
+            "user": self.user,
+            "assistant": self.assistant,
+            "reply_audio": self.reply_audio,
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "error": self.error,
+            "interrupted": self.interrupted,
+            "tools": list(self.tools),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """A failure worth telling the user about without ending the conversation."""
 
     message: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "error", "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)

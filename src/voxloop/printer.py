@@ -12,10 +12,7 @@ from voxloop.events import (
     Event,
     Interrupted,
     Notice,
-    Ready,
     ReplyDelta,
-    SpeechEnded,
-    SpeechStarted,
     ToolUsed,
     Transcript,
     TurnDone,
@@ -84,7 +81,8 @@ class HumanPrinter:
 
 
 class JsonPrinter:
-    """One JSON object per line on stdout, flushed at once, for programs and tests."""
+    """One JSON object per line on stdout, flushed at once, for programs and tests: each
+    event's own ``to_dict()``, the same dicts the WebSocket protocol sends."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out = out or sys.stdout
@@ -95,47 +93,10 @@ class JsonPrinter:
         self.out.flush()
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, Ready):
-            self._write({"type": "ready"})
-        elif isinstance(event, AudioChunk):
-            if event.first:
-                self._write({"type": "first_audio", "text": event.text})
-        elif isinstance(event, SpeechStarted):
-            self._write({"type": "speech_started", "at_s": round(event.at_s, 3)})
-        elif isinstance(event, SpeechEnded):
-            self._write(
-                {
-                    "type": "speech_ended",
-                    "start_s": round(event.start_s, 3),
-                    "end_s": round(event.end_s, 3),
-                    "endpoint_at_s": round(event.endpoint_at_s, 3),
-                }
-            )
-        elif isinstance(event, Transcript):
-            if event.partial:
-                self._write({"type": "partial", "text": event.text})
-            else:
-                self._write({"type": "transcript", "text": event.text, "stt_ms": round(event.stt_ms, 1)})
-        elif isinstance(event, ReplyDelta):
-            self._write({"type": "reply_delta", "text": event.text})
-        elif isinstance(event, TurnDone):
-            self._write(
-                {
-                    "type": "turn_done",
-                    "turn": event.index,
-                    "user": event.user,
-                    "assistant": event.assistant,
-                    "reply_audio": event.reply_audio,
-                    "timings": {k: round(v, 1) for k, v in event.timings.items()},
-                    "error": event.error,
-                }
-            )
-        elif isinstance(event, Interrupted):
-            self._write({"type": "interrupted", "at_s": round(event.at_s, 3), "spoken": event.spoken})
-        elif isinstance(event, ToolUsed | Notice):
-            self._write(event.to_dict())
-        elif isinstance(event, ErrorEvent):
-            self._write({"type": "error", "message": event.message})
+        if isinstance(event, AudioChunk) and not event.first:
+            return  # the audio is in the reply WAV; the first chunk marks when it could be heard
+        self._write(event.to_dict())
+        if isinstance(event, ErrorEvent):
             self.err.write(f"error: {event.message}\n")
             self.err.flush()
 

@@ -1,5 +1,6 @@
-"""Where reply audio goes: the speakers (bounded queue, flushable), nowhere, or a simulated
-loudspeaker on the audio clock (for testing barge-in and echo cancellation).
+"""Where reply audio goes: the speakers (bounded queue, flushable) or nowhere. A simulated
+loudspeaker on the audio clock, for barge-in and echo cancellation tests, is in
+:mod:`voxloop.testing`.
 
 Every sink counts what it was given (``queued_total``) and what actually reached the air
 (``played_total``), in samples at its own rate, so a reply cut short by the user can be trimmed to
@@ -192,87 +193,3 @@ class SpeakerSink:
     def close(self) -> None:
         self.flush()
         self._stream.close()
-
-
-class VirtualSpeaker:
-    """A loudspeaker on the audio clock, for simulation: playback starts when queued and runs
-    at real speed against the microphone's sample clock (which :class:`EchoSource` advances), so
-    what it "plays" can be mixed back into the microphone as echo, and a pause or a flush cuts it
-    off at an exact instant (``paused_at_s``, ``flushed_at_s``)."""
-
-    def __init__(self, sample_rate: int) -> None:
-        self.rate = sample_rate
-        self.now = 0  # microphone clock, 16 kHz samples
-        self._segments: list[tuple[int, np.ndarray]] = []  # (start on the 16 kHz clock, samples)
-        self._end = 0
-        self.queued_total = 0
-        self._queued16 = 0
-        self.flushed_at_s: list[float] = []
-        self.paused_at_s: list[float] = []
-        self.resumed_at_s: list[float] = []
-        self._held: list[np.ndarray] | None = None  # while paused: what is still to play, in order
-
-    @property
-    def played_total(self) -> int:
-        """Samples (at the sink's rate) whose time has come."""
-        played16 = sum(max(0, min(len(s), self.now - start)) for start, s in self._segments)
-        if played16 == self._queued16:  # all of it: exact, whatever resampling each piece rounded
-            return self.queued_total
-        return round(played16 * self.rate / STT_RATE)
-
-    async def play(self, samples: np.ndarray) -> None:
-        self.queued_total += len(samples)
-        at16 = resample(samples, self.rate, STT_RATE)
-        self._queued16 += len(at16)
-        if self._held is not None:
-            self._held.append(at16)
-            return
-        start = max(self.now, self._end)
-        self._segments.append((start, at16))
-        self._end = start + len(at16)
-
-    async def drain(self) -> None:
-        return None  # the simulated clock runs on the input; nothing to wait for here
-
-    def _cut(self) -> np.ndarray:
-        """Stop playing now; returns what had not been played yet."""
-        rest = self.render(self.now, self._end)
-        self._segments = [(st, s[: max(0, self.now - st)]) for st, s in self._segments]
-        self._end = min(self._end, self.now)
-        return rest
-
-    def flush(self) -> None:
-        self.flushed_at_s.append(self.now / STT_RATE)
-        self._cut()
-        self._held = None
-
-    def pause(self) -> None:
-        if self._held is None:
-            self.paused_at_s.append(self.now / STT_RATE)
-            self._held = [self._cut()]
-
-    def resume(self) -> None:
-        if self._held is not None:
-            self.resumed_at_s.append(self.now / STT_RATE)
-            rest, self._held = np.concatenate(self._held), None
-            if len(rest):
-                self._segments.append((self.now, rest))
-                self._end = self.now + len(rest)
-
-    def busy(self) -> bool:
-        return self._end > self.now or bool(self._held and any(len(h) for h in self._held))
-
-    def render(self, start: int, end: int) -> np.ndarray:
-        """What played between two instants of the 16 kHz clock."""
-        out = np.zeros(max(0, end - start), np.float32)
-        for st, s in self._segments:
-            a, b = max(start, st), min(end, st + len(s))
-            if a < b:
-                out[a - start : b - start] = s[a - st : b - st]
-        return out
-
-    def far_end(self, n: int) -> np.ndarray:
-        return self.render(self.now - n, self.now)
-
-    def close(self) -> None:
-        return None

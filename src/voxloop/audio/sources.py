@@ -155,24 +155,3 @@ class MicSource:
     def discard_pending(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
-
-
-class EchoSource(RealtimeSource):
-    """A simulated room: the user's recording, fed in real time, plus what ``speaker`` plays
-    coming back into the microphone ``delay_ms`` later at ``gain`` (for barge-in and echo
-    cancellation tests and benchmarks). It drives the speaker's clock."""
-
-    def __init__(self, samples: np.ndarray, speaker: Any, delay_ms: float = 40.0, gain: float = 0.5) -> None:
-        super().__init__(samples)
-        self.speaker = speaker
-        self.delay = int(delay_ms * self.sample_rate / 1000)
-        self.gain = gain
-
-    async def blocks(self) -> AsyncIterator[np.ndarray]:
-        position = 0
-        async for block in super().blocks():
-            end = position + len(block)
-            echo = self.speaker.render(position - self.delay, end - self.delay)
-            self.speaker.now = end
-            position = end
-            yield block + self.gain * echo

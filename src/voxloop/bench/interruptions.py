@@ -33,8 +33,7 @@ import numpy as np
 
 from voxloop.audio.aec import make_echo_canceller
 from voxloop.audio.decode import STT_RATE, load_audio, resample
-from voxloop.audio.sink import VirtualSpeaker
-from voxloop.audio.sources import BLOCK, EchoSource
+from voxloop.audio.sources import BLOCK
 from voxloop.audio.speech import trim_silence
 from voxloop.bench import percentile
 from voxloop.bench.score import normalize
@@ -44,6 +43,7 @@ from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
 from voxloop.settings import Settings, TtsSettings
 from voxloop.stt.whisper import WhisperTranscriber
+from voxloop.testing import EchoSource, VirtualSpeaker
 from voxloop.tts.hibari_tts import HibariSynthesizer
 
 KINDS = ("cough/noise", "backchannel", "interruption")

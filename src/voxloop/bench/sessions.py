@@ -57,7 +57,7 @@ async def _client(url: str, clip: np.ndarray, speech_end_s: float) -> float | No
                 message = await asyncio.wait_for(ws.recv(), timeout=30)
                 if isinstance(message, bytes):
                     return (time.perf_counter() - (started + speech_end_s)) * 1000
-                if json.loads(message).get("type") == "assistant_done":
+                if json.loads(message).get("type") == "turn_done":
                     return None  # a reply with no audio
         finally:
             sender.cancel()

@@ -76,7 +76,7 @@ class Turn:
 
 
 class EventPrinter(SocketPrinter):
-    """The pipeline's events as objects, to a handler, instead of protocol-1 messages."""
+    """The pipeline's events as objects, to a handler, instead of voxloop's own messages."""
 
     def __init__(self, send: Send, handle: Callable[[Event], None]) -> None:
         super().__init__(send)
@@ -93,7 +93,7 @@ class RealtimeSession(Session):
 
     def __init__(self, app: ServerState, send: Send, beta: bool) -> None:
         super().__init__(app, send, self._audio_out, EventPrinter(send, self._event))
-        # The reply's audio goes out as events, so nothing goes through protocol 1's pause/resume.
+        # The reply's audio goes out as events, so nothing goes through voxloop's pause/resume.
         self.sink = SocketSink(app.synthesizer.sample_rate, self._audio_out)
         self.dialect = Dialect(beta)
         self.id = wire.new_id("sess")

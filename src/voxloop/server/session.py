@@ -1,4 +1,4 @@
-"""One browser conversation over a WebSocket (protocol version 1, docs/protocol.md).
+"""One browser conversation over a WebSocket (protocol version 2, docs/protocol.md).
 
 The browser sends 16 kHz mono PCM16 frames and JSON control messages; voxloop answers with JSON
 events and PCM16 reply audio. Each session has its own VAD state, history and barge-in; the STT,
@@ -35,7 +35,7 @@ from voxloop.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the events' names and fields are those of `voxloop chat --json`
 INPUT_RATE = 16000
 MAX_FRAME_BYTES = 64_000  # 2 s of PCM16 at 16 kHz: far more than the 20 ms frames clients send
 MAX_CONTROL_BYTES = 8_000
@@ -165,6 +165,11 @@ class AudioBudget:
         return True
 
 
+# The events a session sends, each as its own ``to_dict()``; the reply audio goes as binary
+# frames, and where the audio clock stands (ready, speech_ended) is the server's own business.
+SENT = (SpeechStarted, Transcript, ReplyDelta, Interrupted, TurnDone, ToolUsed, Notice, ErrorEvent)
+
+
 class SocketPrinter:
     """Pipeline events as protocol messages, sent in order from one task."""
 
@@ -183,30 +188,14 @@ class SocketPrinter:
         self._queue.put_nowait(message)
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, SpeechStarted):
-            self.message({"type": "speech_started"})
-        elif isinstance(event, Transcript):
-            kind = "partial" if event.partial else "user_transcript"
-            self.message({"type": kind, "text": event.text})
-        elif isinstance(event, ReplyDelta):
-            self.message({"type": "assistant_delta", "text": event.text})
-        elif isinstance(event, Interrupted):
-            self.message({"type": "interrupted", "spoken": event.spoken})
-        elif isinstance(event, TurnDone):
-            self.message({"type": "assistant_done", "text": event.assistant or "", "turn": event.index})
-            self.message(
-                {
-                    "type": "metrics",
-                    "turn": event.index,
-                    "timings": {k: round(v) for k, v in event.timings.items()},
-                }
-            )
+        if not isinstance(event, SENT):
+            return
+        message = event.to_dict()
+        self.message(message)
+        if isinstance(event, TurnDone):
+            self.message({"type": "metrics", "turn": event.index, "timings": message["timings"]})
             if self.on_turn is not None:
                 self.on_turn(event)
-        elif isinstance(event, ToolUsed | Notice):
-            self.message(event.to_dict())
-        elif isinstance(event, ErrorEvent):
-            self.message({"type": "error", "message": event.message})
 
     def info(self, message: str) -> None:
         log.info("%s", message)
@@ -253,7 +242,7 @@ class Session:
         self._assistant = asyncio.create_task(assistant.run(self.source))
 
     def error(self, message: str) -> None:
-        self.printer.message({"type": "error", "message": message})
+        self.printer.message(ErrorEvent(message).to_dict())
 
     def audio(self, data: bytes) -> None:
         if len(data) > MAX_FRAME_BYTES or len(data) % 2:
