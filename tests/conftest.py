@@ -35,9 +35,13 @@ TEST_PRESET = "tiny"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shared_models(tmp_path_factory) -> None:
-    """One models folder for the whole run: a preset is joined (up to 1.1 GB) once, not per test."""
-    os.environ.setdefault("VOXLOOP_MODELS", str(tmp_path_factory.mktemp("models")))
+def shared_models() -> None:
+    """The models folder voxloop itself uses, where `./install.sh` joined, checked and re-packed
+    the default preset: a preset is prepared (up to 1.1 GB, ~3 min) once per machine, not per
+    test or per run. Tests of joining and of damage use folders of their own."""
+    from voxloop.settings import models_dir
+
+    os.environ.setdefault("VOXLOOP_MODELS", str(models_dir()))
 
 
 @pytest.fixture(scope="session")

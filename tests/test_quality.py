@@ -195,7 +195,7 @@ def test_the_default_model_remembers_a_name_two_turns_later(speech, voxloop):
     ("preset", "title", "served"),
     [
         ("tiny", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q8_0.gguf"),
-        ("base", "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        ("base", "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.iq4_nl.gguf"),
     ],
 )
 def test_every_preset_loads_and_answers(speech, voxloop, preset, title, served):
@@ -207,7 +207,7 @@ def test_every_preset_loads_and_answers(speech, voxloop, preset, title, served):
     )  # fmt: skip
     assert run.code == 0, run.err
     assert f"Starting the embedded LLM (llama.cpp, {title})" in run.err
-    # What the server ran: SmolLM2 re-packed as Q8_0 (its own path), the Qwen model joined.
+    # What the server ran: SmolLM2 re-packed as Q8_0, Qwen2.5-Coder-1.5B joined and re-packed as IQ4_NL.
     assert (Path(os.environ["VOXLOOP_MODELS"]) / served).is_file()
     done = _done(run)
     assert len(done) == 1 and done[0]["assistant"].strip(), run.err

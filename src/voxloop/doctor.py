@@ -106,8 +106,8 @@ def _presets(settings: Settings) -> list[Check]:
     checks = []
     for p in models.PRESETS.values():
         check = _bundle("LLM", p, p.name == settings.llm.preset and not settings.llm.gguf)
-        if p.name == "tiny" and models.repacked_gguf().is_file():
-            check = replace(check, detail=f"{check.detail}; served as Q8_0 from {models.repacked_gguf()}")
+        if p.name in models.SERVED_AS and (fast := models.repacked_gguf(p)).is_file():
+            check = replace(check, detail=f"{check.detail}; served as {models.SERVED_AS[p.name]} from {fast}")
         checks.append(check)
     if settings.llm.gguf:
         path = Path(settings.llm.gguf).expanduser()
@@ -250,8 +250,8 @@ def manifest(settings: Settings) -> list[ModelFile]:
     embedded = not settings.llm.urls
     for p in llm.PRESETS.values():
         entry = _pinned("llm", p, embedded and p.name == settings.llm.preset and not settings.llm.gguf)
-        if p.name == "tiny" and llm.repacked_gguf().is_file():
-            entry = replace(entry, served_as=_file(llm.repacked_gguf()))
+        if p.name in llm.SERVED_AS and (fast := llm.repacked_gguf(p)).is_file():
+            entry = replace(entry, served_as=_file(fast))
         files.append(entry)
     if embedded and settings.llm.gguf:
         gguf = Path(settings.llm.gguf).expanduser()

@@ -49,7 +49,7 @@ def llamacpp_threads(settings: LlmSettings) -> int:
 
 def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) -> Path:
     """The embedded preset's GGUF as the server runs it: joined from its packages and checked
-    once (:mod:`voxloop.llm.models`); SmolLM2 re-packed as Q8_0 once."""
+    once (:mod:`voxloop.llm.models`); SmolLM2 re-packed as Q8_0 and Qwen2.5-Coder-1.5B as IQ4_NL, once."""
     p = models.preset(settings.preset)
     if not models.assembled(p):
         say(
@@ -59,13 +59,15 @@ def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) 
             else f"Checking the sha256 of {p.title} (once)…"
         )
     path = models.ready(p, models.bar(label="  joining" if p.joined else "  checking"))
-    if p.name == "tiny":
-        try:
-            quantize = llama_server_binary().parent / "llama-quantize"
-        except ModelNotFoundError:  # the xllamacpp wheel has no quantize tool: Q4_1 is served
-            quantize = Path("llama-quantize")
-        return models.smollm2_fast(path, quantize)
-    return path
+    if p.name not in models.SERVED_AS:
+        return path
+    if p.name != "tiny" and not models.repacked_gguf(p).is_file():  # tiny's takes under a second
+        say(f"Re-packing {p.title} as {models.SERVED_AS[p.name]} for llama.cpp's fast kernels (once, ~20 s)…")
+    try:
+        quantize = llama_server_binary().parent / "llama-quantize"
+    except ModelNotFoundError:  # the xllamacpp wheel has no quantize tool: the packaged file is served
+        quantize = Path("llama-quantize")
+    return models.repacked(p, path, quantize)
 
 
 def smollm2_gguf() -> Path:
