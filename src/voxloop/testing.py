@@ -1,5 +1,6 @@
-"""A simulated room for barge-in and echo cancellation: a loudspeaker on the microphone's audio
-clock and a microphone that hears the user plus that speaker's echo.
+"""A simulated room for barge-in and echo cancellation (a loudspeaker on the microphone's audio
+clock and a microphone that hears the user plus that speaker's echo), and a chat model that plays
+back scripted replies.
 
 Tests and benchmarks (``voxloop bench --interruptions``) use them alike, so they ship with the
 package rather than with the tests.
@@ -7,12 +8,16 @@ package rather than with the tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from voxloop.audio.decode import STT_RATE, resample
 from voxloop.audio.sources import RealtimeSource
+from voxloop.llm import Message
+from voxloop.tools import ToolCall
 
 
 class VirtualSpeaker:
@@ -120,3 +125,75 @@ class EchoSource(RealtimeSource):
             self.speaker.now = end
             position = end
             yield block + self.gain * echo
+
+
+STALL = None  # a piece that never comes: the stream hangs there until it is closed
+
+# What a reply is made of: text to stream, an exception to raise (the server goes away), or STALL.
+Piece = str | BaseException | None
+# A reply that depends on the request (tool results, whether tools were offered): it gets the
+# request's messages, tools and the list to append tool calls to, and returns the pieces.
+Script = Callable[[list[Message], list[dict[str, Any]] | None, list[ToolCall] | None], Iterable[Piece]]
+
+
+class ScriptedChat:
+    """A chat model that plays back one reply per request, in order, and the last one again for
+    every request after them.
+
+    A reply is a list of pieces or a :data:`Script`. Each piece comes ``delay_s`` after the one
+    before (a fast GPU server, or a slow story). It records every request and prefill, and counts
+    the streams closed or cancelled before their end (``closed_early``): a barge-in, or a reply
+    called off, must stop generation on the server.
+    """
+
+    def __init__(
+        self,
+        *replies: Sequence[Piece] | Script,
+        delay_s: float = 0.0,
+        takes_tools: bool = False,
+        model: str = "scripted",
+        context_tokens: int = 4096,
+    ) -> None:
+        if not replies:
+            raise ValueError("ScriptedChat needs at least one reply")
+        self.replies = list(replies)
+        self.delay_s = delay_s
+        self.takes_tools = takes_tools
+        self.model = model
+        self.context_tokens = context_tokens
+        self.url = "http://127.0.0.1:1/v1"  # where requests go; StallGuard moves it on a restart
+        self.requests: list[list[Message]] = []
+        self.prefills: list[list[Message]] = []
+        self.closed_early = 0
+
+    async def connect(self) -> None:
+        return None
+
+    async def stream(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> AsyncIterator[str]:
+        self.requests.append(messages)
+        reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
+        pieces = reply(messages, tools, calls) if callable(reply) else reply
+        try:
+            for piece in pieces:
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                if piece is STALL:
+                    await asyncio.Event().wait()  # no token comes
+                elif isinstance(piece, BaseException):
+                    raise piece
+                else:
+                    yield piece
+        except (GeneratorExit, asyncio.CancelledError):
+            self.closed_early += 1
+            raise
+
+    async def prefill(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> None:
+        self.prefills.append(messages)
+
+    async def aclose(self) -> None:
+        return None

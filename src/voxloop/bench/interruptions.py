@@ -23,7 +23,7 @@ import dataclasses
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -38,12 +38,11 @@ from voxloop.audio.speech import trim_silence
 from voxloop.bench import percentile
 from voxloop.bench.score import normalize
 from voxloop.events import Interrupted, Transcript
-from voxloop.llm import Message
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
 from voxloop.settings import Settings, TtsSettings
 from voxloop.stt.whisper import WhisperTranscriber
-from voxloop.testing import EchoSource, VirtualSpeaker
+from voxloop.testing import EchoSource, ScriptedChat, VirtualSpeaker
 from voxloop.tts.hibari_tts import HibariSynthesizer
 
 KINDS = ("cough/noise", "backchannel", "interruption")
@@ -196,41 +195,9 @@ def sounds(speakers: Speakers, engine: str) -> Iterator[Sound]:
     yield from (s for s in chain.from_iterable(zip_longest(*kinds)) if s is not None)
 
 
-class ScriptedChat:
-    """The LLM of the bench: the same reply, streamed word by word, to the request; a short
-    answer to any turn after it. Counts streams closed before their end."""
-
-    model = "scripted"
-    context_tokens = 4096
-    takes_tools = False
-
-    def __init__(self, reply: str = REPLY, answer: str = ANSWER) -> None:
-        self.reply, self.answer = reply, answer
-        self.requests: list[list[Message]] = []
-        self.closed_early = 0
-
-    async def connect(self) -> None:
-        return None
-
-    async def stream(
-        self, messages: list[Message], tools: Any = None, calls: Any = None
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
-        text = self.reply if len(self.requests) == 1 else self.answer
-        finished = False
-        try:
-            for word in text.split(" "):
-                await asyncio.sleep(0.01)
-                yield word + " "
-            finished = True
-        finally:
-            self.closed_early += not finished
-
-    async def prefill(self, messages: list[Message], tools: Any = None) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
+def _streamed(text: str) -> list[str]:
+    """A reply as the LLM of the bench streams it: word by word."""
+    return [word + " " for word in text.split(" ")]
 
 
 class Scene(EchoSource):
@@ -328,7 +295,10 @@ async def play_case(models: _Models, settings: Settings, sound: Sound, room: Roo
     printer = CollectingPrinter()
     aec = make_echo_canceller("webrtc", int(ECHO_DELAY_MS)) if room.aec else None
     listened = Listened(models.transcriber)
-    assistant = Assistant(settings, listened, ScriptedChat(), models.synthesizer, speaker, printer, aec=aec)
+    # The LLM of the bench: the same reply to the request, word by word, and a short answer to
+    # any turn after it.
+    chat = ScriptedChat(_streamed(REPLY), _streamed(ANSWER), delay_s=0.01)
+    assistant = Assistant(settings, listened, chat, models.synthesizer, speaker, printer, aec=aec)
 
     def transcripts() -> list[str]:
         return [e.text for e in printer.events if isinstance(e, Transcript) and not e.partial]

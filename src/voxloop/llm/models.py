@@ -133,8 +133,8 @@ def repacked_gguf(p: Preset | None = None) -> Path:
 
 def repacked(p: Preset, source: Path, quantize: Path) -> Path:
     """The preset as the server runs it: re-packed once (tiny as Q8_0 in under a second, base as
-    IQ4_NL in ~20 s) when :data:`SERVED_AS` names a format, else the packaged file; the packaged
-    file too where llama.cpp's tool is missing or fails."""
+    IQ4_NL in ~2.5 min on 2 cores) when :data:`SERVED_AS` names a format, else the packaged
+    file; the packaged file too where llama.cpp's tool is missing or fails."""
     kind = SERVED_AS.get(p.name)
     if kind is None:
         return source

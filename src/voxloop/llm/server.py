@@ -62,7 +62,9 @@ def embedded_gguf(settings: LlmSettings, say: Callable[[str], None] = log.info) 
     if p.name not in models.SERVED_AS:
         return path
     if p.name != "tiny" and not models.repacked_gguf(p).is_file():  # tiny's takes under a second
-        say(f"Re-packing {p.title} as {models.SERVED_AS[p.name]} for llama.cpp's fast kernels (once, ~20 s)…")
+        say(
+            f"Re-packing {p.title} as {models.SERVED_AS[p.name]} for llama.cpp's fast kernels (once, ~3 min on 2 cores)…"
+        )
     try:
         quantize = llama_server_binary().parent / "llama-quantize"
     except ModelNotFoundError:  # the xllamacpp wheel has no quantize tool: the packaged file is served
