@@ -20,7 +20,10 @@ sends to llama.cpp (greedy, 96 tokens, its repetition controls).
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -30,6 +33,7 @@ import make_quality_set as m
 
 from voxloop.bench.score import holds_answer
 from voxloop.settings import DEFAULT_SYSTEM_PROMPT
+from voxloop.tts.sentences import SentenceSplitter
 
 BODY = {
     "temperature": 0.0,
@@ -122,10 +126,33 @@ NOISY = [
 Scored = tuple[bool, str, str]  # right, question, reply
 
 
+# Per reply: ms to the first token, ms to the first spoken piece, streamed chunks in that piece.
+FIRST: list[tuple[float, float, int]] = []
+
+
 def ask(url: str, messages: list[dict[str, str]]) -> str:
-    body = {"messages": messages, **BODY}
-    reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=300).json()
-    return str(reply["choices"][0]["message"]["content"])
+    """The reply, streamed as voxloop streams it; also notes when its first spoken piece (cut
+    by voxloop's SentenceSplitter) was complete, the part of first audio the LLM owns."""
+    body = {"messages": messages, "stream": True, **BODY}
+    splitter = SentenceSplitter()
+    text, chunks, first_token, first_piece = "", 0, 0.0, 0.0
+    started = time.perf_counter()
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            if not delta:
+                continue
+            chunks += 1
+            text += delta
+            first_token = first_token or (time.perf_counter() - started) * 1000
+            if not first_piece and splitter.feed(delta):
+                first_piece = (time.perf_counter() - started) * 1000
+                FIRST.append((first_token, first_piece, chunks))
+    if not first_piece and text:
+        FIRST.append((first_token, (time.perf_counter() - started) * 1000, chunks))
+    return text
 
 
 def single(url: str, system: str, question: str, answer: m.Answer) -> Scored:
@@ -158,9 +185,12 @@ def main() -> None:
     url = sys.argv[1]
     for name in sys.argv[2:] or [""]:
         system = Path(name).read_text().strip() if name else DEFAULT_SYSTEM_PROMPT
+        FIRST.clear()
         out = run(url, system)
         totals = "  ".join(f"{k} {sum(r[0] for r in v)}/{len(v)}" for k, v in out.items())
-        print(f"== {name or 'default prompt'}: {totals}", flush=True)
+        token, piece, chunks = (statistics.median(x) for x in zip(*FIRST, strict=True))
+        speed = f"first token {token:.0f} ms, first piece {piece:.0f} ms ({chunks:.0f} tokens), p50"
+        print(f"== {name or 'default prompt'}: {totals}  |  {speed}", flush=True)
         for group, scored in out.items():
             for right, question, reply in scored:
                 if not right:

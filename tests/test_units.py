@@ -113,19 +113,25 @@ def test_splitter_cuts_a_first_sentence_without_a_comma_where_a_phrase_starts():
         "with any question or problem.",
         "I can do more.",
     ]
-    # Not before four words, and not on a word that may still grow ("to" may become "today").
+    # Not before three words. Before a word that may still grow ("to" may become "today") it
+    # cuts at once: that is a word boundary whatever the word becomes.
     assert _streamed("It is in the box.") == ["It is in the box."]
+    assert _streamed("The tallest mountain in the world is Everest.") == [
+        "The tallest mountain",
+        "in the world is Everest.",
+    ]
     sp = SentenceSplitter()
-    assert sp.feed("I will call you to") == []
-    assert sp.feed("day at noon. ") == ["I will call you today at noon."]
+    assert sp.feed("I will call you to") == ["I will call you"]
+    assert sp.feed("day at noon. ") == ["today at noon."]
     assert _streamed("Tomorrow is going to be a rainy day in the city of London.") == [
         "Tomorrow is going to be a rainy day",
         "in the city of London.",
     ]
     assert _streamed("The original capital of Australia was Sydney.") == [
-        "The original capital of Australia",
-        "was Sydney.",
+        "The original capital",
+        "of Australia was Sydney.",
     ]
+    assert _streamed("The capital of Australia is Canberra.") == ["The capital of Australia", "is Canberra."]
     # Ten words and still no phrase start: cut there.
     assert _streamed("One two three four five six seven eight nine ten eleven twelve.") == [
         "One two three four five six seven eight nine ten",

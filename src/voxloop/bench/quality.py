@@ -36,6 +36,15 @@ from voxloop.settings import Settings, apply_changes
 
 DEFAULT_QUALITY_SET = Path(__file__).resolve().parents[3] / "benchmarks" / "quality"
 HEARD_WER = 0.25
+STAGE_NAMES = {
+    "endpoint_wait_ms": "endpoint wait",
+    "head_start_ms": "head start",
+    "stt_ms": "STT",
+    "llm_first_token_ms": "LLM first token",
+    "first_sentence_ms": "LLM first piece",
+    "first_tts_ms": "TTS first piece",
+}
+STAGES = tuple(STAGE_NAMES)
 
 
 @dataclass
@@ -54,6 +63,7 @@ class QualityTurn:
     memory: bool  # the turn that asks for an earlier fact
     latency_ms: float | None
     tool: bool = False  # answered by running a tool
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)  # the turn's timings, ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +150,7 @@ def _turns(config: str, rec: dict[str, Any], done: list[Any]) -> list[QualityTur
                 memory=bool(truth.get("memory")),
                 latency_ms=got.latency_ms,
                 tool=bool(got.tools),
+                stages=dict(got.stages),
             )
         )
     return out
@@ -184,6 +195,12 @@ def summarize(turns: list[QualityTurn], server: dict[str, Any]) -> dict[str, Any
         "tool_turns": len(with_tool),
         "tool_latency_p50_ms": percentile(with_tool, 0.5) if with_tool else float("nan"),
         "plain_latency_p50_ms": percentile(without, 0.5) if without else float("nan"),
+        # Where the time goes, p50 over the turns that have the stage.
+        "stages_p50_ms": {
+            stage: percentile(values, 0.5)
+            for stage in STAGES
+            if (values := [t.stages[stage] for t in turns if stage in t.stages])
+        },
     }
 
 
@@ -272,6 +289,11 @@ def quality_table(results: dict[str, Any]) -> str:
         ("others p50 ms", "plain", ".0f"),
     ]
     text = rows_table(rows, columns) if rows else "(no configuration ran)"
+    for name, s in results["configs"].items():
+        stages = s.get("stages_p50_ms") or {}
+        if stages:
+            parts = ", ".join(f"{STAGE_NAMES[k]} {v:.0f}" for k, v in stages.items())
+            text += f"\n{name}, p50 ms: {parts}"
     stt = results.get("stt") or {}
     if stt.get("clips"):
         text += f"\nSTT on {stt['clips']} human recordings: mean WER {stt['mean_wer']:.1%}"
