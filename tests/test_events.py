@@ -45,7 +45,7 @@ TURN = TurnDone(
 EVENTS: list[Event] = [
     Ready(wall=1234.5),
     SpeechStarted(at_s=1.23456),
-    SpeechEnded(np.zeros(16000, np.float32), start_s=1.23456, end_s=2.5, endpoint_at_s=3.00049),
+    SpeechEnded(np.zeros(16000, np.float32), start_s=1.23456, end_s=2.5, endpoint_at_s=3.00049, utterance=7),
     Transcript("set a timer", stt_ms=0.0, partial=True),
     Transcript("Set a timer for ten minutes.", stt_ms=81.26),
     ReplyDelta("Okay, "),
@@ -80,6 +80,7 @@ def test_every_event_has_one_wire_form_and_no_two_share_a_name():
     }
     assert EVENTS[2].to_dict() == {
         "type": "speech_ended",
+        "utterance": 7,
         "start_s": 1.235,
         "end_s": 2.5,
         "endpoint_at_s": 3.0,

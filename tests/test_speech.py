@@ -45,6 +45,28 @@ def test_two_turns_are_two_turns(speech, transcriber):
     assert all(t.endpoint_at_s - t.end_s > 1.0 for t in ref)
 
 
+def test_the_end_of_a_pause_names_the_early_end_it_confirms(speech):
+    """A speculative end and the final end of the same pause share an utterance id (the early
+    answer is committed to that turn); a pause the user talks on after, and the next turn, get
+    ids of their own."""
+    first = load_audio(speech(["What is the capital"]))
+    rest = load_audio(speech(["of France?", "Tell me a joke."]))
+    first = first[: np.nonzero(np.abs(first) > 0.01)[0][-1] + 1]  # up to its last sound
+    rest = rest[np.nonzero(np.abs(rest) > 0.01)[0][0] :]  # from its first
+    short_pause = np.zeros(int(0.3 * 16000), np.float32)  # past the early end, short of the end
+    endpointer = make_endpointer(VadSettings())
+    blocks = ArraySource(np.concatenate([first, short_pause, rest])).iter_blocks()
+    ends = [e for block in blocks for e in endpointer.feed(block) if isinstance(e, SpeechEnded)]
+    finals = [e for e in ends if e.final]
+    assert len(finals) == 2
+    early = [e for e in ends if not e.final]
+    for final in finals:  # each turn's end confirms the last early end before it, and only that
+        before = [e for e in early if e.end_s <= final.end_s]
+        assert before and before[-1].utterance == final.utterance
+        assert all(e.utterance != final.utterance for e in early if e is not before[-1])
+    assert len({e.utterance for e in ends}) == len(early)  # the pause talked on after is its own
+
+
 def test_silence_and_noise_give_no_turn(transcriber):
     assert turns_in(np.zeros(16000 * 4, np.float32)) == []
     for level in (0.02, 0.2):

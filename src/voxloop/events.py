@@ -11,9 +11,12 @@ millisecond, durations to a tenth of one.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+
+_utterances = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ class SpeechEnded:
     ``endpoint_at_s`` is when the endpointer decided (speech end plus the silence it waited
     for). ``final`` is False for a pause that may still be followed by more speech: voxloop
     starts transcribing and answering it speculatively, and commits once the pause is final.
+    ``utterance`` names the pause: the final end of a pause carries the id of the speculative
+    one reported for it, so the early answer is committed to the turn it was made for; any other
+    end gets an id of its own.
     """
 
     audio: np.ndarray = field(repr=False)
@@ -53,6 +59,7 @@ class SpeechEnded:
     end_s: float
     endpoint_at_s: float
     final: bool = True
+    utterance: int = field(default_factory=lambda: next(_utterances))
 
     @property
     def duration_s(self) -> float:
@@ -61,6 +68,7 @@ class SpeechEnded:
     def to_dict(self) -> dict[str, object]:
         return {
             "type": "speech_ended",
+            "utterance": self.utterance,
             "start_s": round(self.start_s, 3),
             "end_s": round(self.end_s, 3),
             "endpoint_at_s": round(self.endpoint_at_s, 3),

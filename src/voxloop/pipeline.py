@@ -334,7 +334,8 @@ class Assistant:
                     await self._turn_check
             return
         self.printer.emit(event)
-        job = self._spec if self._spec is not None and self._spec.speech.end_s == event.end_s else None
+        spec = self._spec
+        job = spec if spec is not None and spec.speech.utterance == event.utterance else None
         if job is None:
             await self._cancel_spec()
             job = self._start_job(event)
