@@ -1,8 +1,10 @@
 """`voxloop serve`'s OpenAI Realtime API at /v1/realtime (issue 17), with the real models and a real
 LLM server: a spoken question streamed as 24 kHz PCM16 through the official openai client is heard
 (server VAD), transcribed and answered in speech whose words match its transcript; typed and
-committed turns answered on response.create in the beta names; response.cancel stops a reply at
-once; a bad event is an error event and the session goes on; a wrong key is refused."""
+committed turns answered on response.create in the beta names; a response in text only (the
+session's or one response's output modalities) streams text deltas and no audio; response.cancel
+stops a reply at once; a bad event is an error event and the session goes on; a wrong key is
+refused."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -197,6 +200,88 @@ async def test_typed_and_committed_turns_in_beta_names_and_a_cancel(server, synt
         await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
         await ws.send(json.dumps({"type": "response.create"}))
         assert (await until(ws, "response.done"))["response"]["status"] == "completed"
+
+
+def first_audio_count(base: str) -> float:
+    """How many turns the server made reply audio for (/metrics, a histogram observed per turn
+    that had audio)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://{base}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "voxloop_stage_seconds_count" and sample.labels == {
+                "stage": "speech_end_to_first_audio"
+            }:
+                return sample.value
+    return 0.0
+
+
+async def test_a_text_only_session_answers_in_text_through_the_openai_client(server):
+    client = openai.AsyncOpenAI(base_url=f"http://{server}/v1", api_key=TOKEN, max_retries=0)
+    audio_turns = first_audio_count(server)
+    events: list[Any] = []
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        assert (await asyncio.wait_for(conn.recv(), 10)).type == "session.created"
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        updated = await asyncio.wait_for(conn.recv(), 10)
+        assert updated.type == "session.updated" and updated.session.output_modalities == ["text"]
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]}
+        )
+        await conn.response.create()
+        while True:
+            event = await asyncio.wait_for(conn.recv(), 60)
+            events.append(event)
+            if event.type == "response.done":
+                break
+    kinds = [e.type for e in events]
+    assert "error" not in kinds, [e for e in events if e.type == "error"]
+    assert not [k for k in kinds if "audio" in k], kinds  # no audio, no audio transcript
+    assert kinds.index("response.content_part.added") < kinds.index("response.output_text.delta")
+    assert kinds.index("response.output_text.delta") < kinds.index("response.output_text.done")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done_text = next(e for e in events if e.type == "response.output_text.done").text
+    response = events[-1].response
+    assert response.status == "completed" and response.output_modalities == ["text"]
+    part = response.output[0].content[0]
+    assert part.type == "output_text" and part.text == done_text == text
+    assert "paris" in text.lower(), text
+    assert first_audio_count(server) == audio_turns  # the server made no speech for it
+
+
+async def test_one_response_in_text_then_one_in_speech_in_beta_names(server):
+    url = f"ws://{server}/v1/realtime?model=gpt-4o-realtime-preview"
+    headers = {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]}
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        assert (await recv(ws, 10))["session"]["modalities"] == ["text", "audio"]  # speech by default
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        await ws.send(json.dumps({"type": "response.create", "response": {"modalities": ["text"]}}))
+        seen: list[dict[str, Any]] = []
+        done = await until(ws, "response.done", seen)
+        kinds = [e["type"] for e in seen]
+        assert "response.text.delta" in kinds and not [k for k in kinds if "audio" in k], kinds
+        text = "".join(e["delta"] for e in seen if e["type"] == "response.text.delta")
+        assert next(e for e in seen if e["type"] == "response.text.done")["text"] == text
+        assert done["response"]["modalities"] == ["text"]
+        assert done["response"]["output"][0]["content"] == [{"type": "text", "text": text}]
+        assert "paris" in text.lower(), text
+
+        # The next response, with no options, is spoken again: the option held for one response.
+        again = {**item, "content": [{"type": "input_text", "text": "Say hello."}]}
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": again}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        seen = []
+        done = await until(ws, "response.done", seen)
+        kinds = [e["type"] for e in seen]
+        assert "response.audio.delta" in kinds and "response.text.delta" not in kinds, kinds
+        assert done["response"]["output"][0]["content"][0]["type"] == "audio"
+
+        # Modalities voxloop cannot serve are an error, and the session goes on.
+        await ws.send(json.dumps({"type": "response.create", "response": {"modalities": ["video"]}}))
+        error = await recv(ws, 10)
+        assert error["type"] == "error" and error["error"]["param"] == "response.output_modalities"
 
 
 async def test_bad_events_are_errors_and_the_session_goes_on(server):

@@ -178,6 +178,57 @@ async def test_config_sets_the_system_prompt(server, synthesizer):
     assert next(e for e in events if e["type"] == "turn_done")["assistant"]
 
 
+def sessions(base: str) -> dict[tuple[str, str], float]:
+    """/metrics' sessions by protocol: {(sample name, protocol): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://{base}/metrics").text
+    assert "voxloop_sessions_open" in text  # the older, unlabelled gauge stays
+    return {
+        (sample.name, sample.labels["protocol"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("voxloop_sessions_total", "voxloop_sessions_active")
+    }
+
+
+async def test_metrics_count_sessions_by_protocol(server):
+    protocols = ("voxloop", "realtime", "transcriptions", "speech")
+    before = sessions(server)
+    assert {p for _, p in before} == set(protocols)  # listed before their first session
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with websockets.connect(f"ws://{server}/ws?token={TOKEN}") as ws:
+        assert json.loads(await ws.recv())["type"] == "hello"
+        assert sessions(server)["voxloop_sessions_active", "voxloop"] >= 1
+    async with websockets.connect(f"ws://{server}/v1/realtime", additional_headers=bearer) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        assert sessions(server)["voxloop_sessions_active", "realtime"] >= 1
+    asked = {"model": "tts-1", "input": "Good morning.", "voice": "alloy", "response_format": "wav"}
+    speech = httpx.post(f"http://{server}/v1/audio/speech", headers=bearer, json=asked, timeout=30)
+    assert speech.status_code == 200
+    heard = httpx.post(
+        f"http://{server}/v1/audio/transcriptions",
+        headers=bearer,
+        files={"file": ("morning.wav", speech.content, "audio/wav")},
+        data={"model": "whisper-1", "response_format": "text"},
+        timeout=30,
+    )
+    assert heard.status_code == 200 and "morning" in heard.text.lower(), heard.text
+    wrong = {"Authorization": "Bearer wrong"}  # refused: not a session
+    assert httpx.post(f"http://{server}/v1/audio/speech", headers=wrong, json=asked).status_code == 401
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(f"ws://{server}/v1/realtime", additional_headers=wrong):
+            pass
+    deadline = time.monotonic() + 10
+    while any(sessions(server)["voxloop_sessions_active", p] for p in protocols):
+        assert time.monotonic() < deadline, sessions(server)  # every session ended is counted out
+        await asyncio.sleep(0.2)
+    after = sessions(server)
+    for protocol in protocols:  # one session of each, and only those
+        key = ("voxloop_sessions_total", protocol)
+        assert after[key] == before[key] + 1, (protocol, before, after)
+
+
 def _chromium(playwright: Any, *args: str) -> Any:
     """Debian's Chromium, headless, offline, allowed to play sound without a click."""
     chromium = "/usr/bin/chromium"

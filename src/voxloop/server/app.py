@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,7 +36,7 @@ from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.events import TurnDone
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WILDCARD = {"0.0.0.0", "::", ""}
+# Sessions on /metrics, by protocol: voxloop's WebSocket (/ws), OpenAI's Realtime WebSocket, and
+# OpenAI's audio endpoints, where one HTTP request is one session (docs/protocol.md, "Metrics").
+PROTOCOLS = ("voxloop", "realtime", "transcriptions", "speech")
+HTTP_PROTOCOLS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/speech": "speech"}
 
 
 @dataclass
@@ -80,6 +84,12 @@ class ServerState:
         self.turns = Counter("voxloop_turns", "Turns answered", registry=r)
         self.errors = Counter("voxloop_errors", "Turns that failed", registry=r)
         self.sessions = Gauge("voxloop_sessions_open", "Conversations open now", registry=r)
+        by = ["protocol"]
+        self.sessions_started = Counter("voxloop_sessions", "Sessions started", by, registry=r)
+        self.sessions_active = Gauge("voxloop_sessions_active", "Sessions in progress", by, registry=r)
+        for protocol in PROTOCOLS:  # each protocol listed from the start, at 0
+            self.sessions_started.labels(protocol=protocol)
+            self.sessions_active.labels(protocol=protocol)
         self.audio_in = Counter("voxloop_audio_in_seconds", "Microphone audio accepted", registry=r)
         self.audio_dropped = Counter(
             "voxloop_audio_dropped_seconds", "Microphone audio dropped: sent too fast", registry=r
@@ -90,19 +100,30 @@ class ServerState:
         )
 
     @contextlib.asynccontextmanager
-    async def open_session(self, session: Any) -> AsyncIterator[None]:
-        """A WebSocket conversation, any protocol: counted while open, closed (its reply stream
+    async def open_session(self, session: Any, protocol: str = "voxloop") -> AsyncIterator[None]:
+        """A WebSocket conversation of ``protocol``: counted while open, closed (its reply stream
         to the LLM too) when the client goes, however it goes."""
         self.sessions.inc()
         self.open_sessions += 1
+        self.sessions_started.labels(protocol=protocol).inc()
         try:
-            yield
+            with self.session_active(protocol):
+                yield
         except WebSocketDisconnect:
             pass
         finally:
             self.sessions.dec()
             self.open_sessions -= 1
             await session.close()
+
+    @contextlib.contextmanager
+    def session_active(self, protocol: str) -> Iterator[None]:
+        active = self.sessions_active.labels(protocol=protocol)
+        active.inc()
+        try:
+            yield
+        finally:
+            active.dec()
 
     def count_turn(self, turn: TurnDone) -> None:
         self.turns.inc()
@@ -143,6 +164,32 @@ class ServerState:
         return given is not None and hmac.compare_digest(
             given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
         )
+
+
+class CountedRequests:
+    """An HTTP route whose requests are sessions on /metrics: active while served (a streamed
+    answer to its end), started once answered with success (a refused one is no session)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, protocol: str) -> None:
+        self.app, self.state, self.protocol = app, state, protocol
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                self.state.sessions_started.labels(protocol=self.protocol).inc()
+            await send(message)
+
+        with self.state.session_active(self.protocol):
+            await self.app(scope, receive, sending)
+
+
+def counted(state: ServerState, routes: list[Route]) -> list[Route]:
+    """``routes`` with the requests of those in HTTP_PROTOCOLS counted (not in openai_audio.py:
+    what a session is, is /metrics' business)."""
+    for route in routes:
+        if (protocol := HTTP_PROTOCOLS.get(route.path)) is not None:
+            route.app = CountedRequests(route.app, state, protocol)
+    return routes
 
 
 class HostGuard:
@@ -262,7 +309,7 @@ def build_app(state: ServerState) -> Starlette:
             Route("/health", health),
             Route("/metrics", metrics),
             WebSocketRoute("/ws", ws),
-            *openai_routes(state),  # /v1/audio/transcriptions, /v1/audio/speech, /v1/models
+            *counted(state, openai_routes(state)),  # /v1/audio/transcriptions, /speech, /v1/models
             realtime_route(state),  # /v1/realtime: OpenAI's Realtime API (WebSocket)
         ],
     )

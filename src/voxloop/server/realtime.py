@@ -8,7 +8,10 @@ session's endpointer and every turn is answered; with ``turn_detection: null`` i
 buffer until the client commits it, and is answered on ``response.create``, as typed words are.
 
 Each reply is one response, paired with the voxloop turn that makes it by its ``ReplyJob`` (the
-Assistant's ``on_commit`` hook, or ``Assistant.answer`` for typed words), never by timing.
+Assistant's ``on_commit`` hook, or ``Assistant.answer`` for typed words), never by timing. A
+response in text only (output modalities ``["text"]``, the session's or its ``response.create``'s)
+streams its words as ``response.output_text.delta`` and is never voiced: the session's
+``SessionVoice`` gives the Assistant no audio for it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from voxloop.server import realtime_events as wire
 from voxloop.server.openai_audio import stt_model_id
 from voxloop.server.realtime_events import Dialect, RealtimeConfig, RealtimeError, Reply
 from voxloop.server.session import INPUT_RATE, MAX_FRAME_BYTES, Send, Session, SocketPrinter, SocketSink
+from voxloop.tts import Synthesizer
 
 if TYPE_CHECKING:
     from voxloop.server.app import ServerState
@@ -73,6 +77,22 @@ class Turn:
     job: ReplyJob
     item_id: str | None  # the user's audio item it answers (None: typed words)
     reply: Reply | None = None
+
+
+class SessionVoice:
+    """The server's synthesizer as one session's Assistant sees it: silent (no samples, so the
+    reply job skips the sentence) while the response being made is text only. ``voiced`` is
+    asked in the TTS thread, so it reads state and never iterates it."""
+
+    def __init__(self, synthesizer: Synthesizer, voiced: Callable[[], bool]) -> None:
+        self.sample_rate = synthesizer.sample_rate
+        self._synthesizer = synthesizer
+        self._voiced = voiced
+
+    def synthesize(self, text: str) -> np.ndarray:
+        if not self._voiced():
+            return np.zeros(0, np.float32)
+        return self._synthesizer.synthesize(text)
 
 
 class EventPrinter(SocketPrinter):
@@ -130,6 +150,22 @@ class RealtimeSession(Session):
     def hello(self) -> dict[str, Any]:
         return wire.session_event("session.created", self.config, self.id, self.dialect.beta)
 
+    def start(self) -> None:
+        super().start()
+        assert self.assistant is not None
+        # Before its run() task starts and builds the reply jobs' models from it.
+        self.assistant.synthesizer = SessionVoice(self.app.synthesizer, self._voiced)
+
+    def _voiced(self) -> bool:
+        """Whether the reply being made now is spoken: the response that response.create opened,
+        else the first turn's (replies come in turn order), else the session's setting."""
+        responding = self._responding
+        if responding is not None:
+            return responding[0].voiced
+        turns = self._turns
+        reply = turns[0].reply if turns else None
+        return reply.voiced if reply is not None else self.config.voiced
+
     def begin(self) -> None:
         self.settings = dataclasses.replace(self.settings, system_prompt=self.config.instructions)
         self.start()
@@ -166,7 +202,7 @@ class RealtimeSession(Session):
         elif kind == "conversation.item.create":
             self._create_item(event.get("item"))
         elif kind == "response.create":
-            self._create_response()
+            self._create_response(event.get("response"))
         elif kind == "response.cancel":
             self._cancel()
         elif kind in UNSUPPORTED:
@@ -264,7 +300,15 @@ class RealtimeSession(Session):
             return self._responding[0]
         return next((t.reply for t in self._turns if t.reply is not None and t.reply.open), None)
 
-    def _create_response(self) -> None:
+    def _create_response(self, options: Any) -> None:
+        """Answer what is pending; of the response's options only its output modalities are used."""
+        options = {} if options is None else options
+        if not isinstance(options, dict):
+            raise RealtimeError("`response` must be an object.", param="response")
+        given = options.get("output_modalities", options.get("modalities"))
+        voiced = self.config.voiced
+        if given is not None:
+            voiced = wire.read_modalities(given, "response.output_modalities")
         if self._active() is not None:
             raise RealtimeError(
                 "A response is in progress: wait for its response.done, or send response.cancel.",
@@ -281,7 +325,7 @@ class RealtimeSession(Session):
                 code="no_user_input",
             )
         words, self._pending = self._pending, []
-        reply = self._new_reply()
+        reply = self._new_reply(voiced)
         task = asyncio.create_task(self._respond(reply, words))
         self._responding = (reply, task)
 
@@ -388,8 +432,10 @@ class RealtimeSession(Session):
                 turn.reply.error = str(job.task.exception())
                 self._close(turn.reply, "failed")
 
-    def _new_reply(self) -> Reply:
-        reply = Reply(wire.new_id("resp"), wire.new_id("item"), self.config.voice)
+    def _new_reply(self, voiced: bool | None = None) -> Reply:
+        """A response opened, spoken or in text as ``voiced`` says (None: as the session says)."""
+        voiced = self.config.voiced if voiced is None else voiced
+        reply = Reply(wire.new_id("resp"), wire.new_id("item"), self.config.voice, voiced)
         self._out(*reply.started(self.dialect.beta))
         self._last_item = reply.item_id
         return reply
@@ -416,6 +462,10 @@ class RealtimeSession(Session):
         reply = notice or self._reply()
         if reply is None or not reply.open:
             return  # cancelled: not one more delta
+        if not reply.voiced:  # a text-only reply has no audio (its voice is silent anyway)
+            if notice is not None:
+                self._close(notice, "completed")
+            return
         rate = self.sink.rate
         if rate != wire.RATE:
             samples = resample(np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0, rate, wire.RATE)
@@ -475,7 +525,7 @@ def realtime_route(state: ServerState) -> WebSocketRoute:
 
         session = RealtimeSession(state, send, beta)
         session.begin()
-        async with state.open_session(session):
+        async with state.open_session(session, "realtime"):
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":

@@ -60,6 +60,7 @@ class RealtimeConfig:
     model: str = ""
     transcriber: str = ""
     silence_ms: int = 600
+    voiced: bool = True  # False: replies in text only (output modalities ["text"]), never spoken
 
     def update(self, session: Any) -> tuple[RealtimeConfig, bool | None]:
         """This config with ``session`` (a ``session.update``'s object) applied, and the dialect
@@ -100,11 +101,8 @@ class RealtimeConfig:
         ):
             _check_format(fmt, where)
         modalities = session.get("output_modalities", session.get("modalities"))
-        if modalities is not None and (not isinstance(modalities, list) or "audio" not in modalities):
-            raise RealtimeError(
-                "voxloop answers in speech with its transcript: output modalities must include `audio`.",
-                param="session.output_modalities",
-            )
+        if modalities is not None:
+            new = replace(new, voiced=read_modalities(modalities, "session.output_modalities"))
         voice = given_out.get("voice", session.get("voice"))
         if isinstance(voice, dict):
             voice = voice.get("id")
@@ -147,7 +145,7 @@ class RealtimeConfig:
                 "id": session_id,
                 "object": "realtime.session",
                 "model": self.model,
-                "modalities": ["text", "audio"],
+                "modalities": modalities(self.voiced, beta),
                 "instructions": self.instructions,
                 "voice": self.voice,
                 "input_audio_format": "pcm16",
@@ -163,7 +161,7 @@ class RealtimeConfig:
             "object": "realtime.session",
             "id": session_id,
             "model": self.model,
-            "output_modalities": ["audio"],
+            "output_modalities": modalities(self.voiced, beta),
             "instructions": self.instructions,
             "audio": {
                 "input": {
@@ -178,6 +176,24 @@ class RealtimeConfig:
             "tool_choice": "auto",
             "max_output_tokens": "inf",
         }
+
+
+def read_modalities(value: Any, param: str) -> bool:
+    """Whether output modalities (GA ``output_modalities``, beta ``modalities``) ask for speech:
+    ``["audio"]`` (GA) or ``["text", "audio"]`` (beta) do, ``["text"]`` asks for text only."""
+    if not isinstance(value, list) or not value or not set(value) <= {"text", "audio"}:
+        raise RealtimeError(
+            'Output modalities must be ["audio"] (speech and its transcript) or ["text"] (text only).',
+            param=param,
+        )
+    return "audio" in value
+
+
+def modalities(voiced: bool, beta: bool) -> list[str]:
+    """Output modalities as each dialect writes them: beta lists the transcript's text too."""
+    if not voiced:
+        return ["text"]
+    return ["text", "audio"] if beta else ["audio"]
 
 
 def _check_format(fmt: Any, where: str) -> None:
@@ -230,29 +246,39 @@ def user_item(item_id: str, *, audio: bool, text: str | None = None) -> dict[str
     }
 
 
-def assistant_item(item_id: str, transcript: str | None, status: str, beta: bool) -> dict[str, Any]:
-    part = {"type": "audio" if beta else "output_audio", "transcript": transcript}
+def output_part(text: str, voiced: bool, beta: bool) -> dict[str, Any]:
+    """An assistant message's one content part: speech with its transcript, or text."""
+    if voiced:
+        return {"type": "audio" if beta else "output_audio", "transcript": text}
+    return {"type": "text" if beta else "output_text", "text": text}
+
+
+def assistant_item(
+    item_id: str, text: str | None, status: str, beta: bool, voiced: bool = True
+) -> dict[str, Any]:
     return {
         "id": item_id,
         "object": "realtime.item",
         "type": "message",
         "status": status,
         "role": "assistant",
-        "content": [part] if transcript is not None else [],
+        "content": [output_part(text, voiced, beta)] if text is not None else [],
     }
 
 
 @dataclass
 class Reply:
-    """One response: an assistant message item with one audio part and its transcript."""
+    """One response: an assistant message item with one part, an audio part and its transcript
+    or (``voiced`` False: output modalities ``["text"]``) a text part."""
 
     id: str
     item_id: str
     voice: str
+    voiced: bool = True
     status: str = "in_progress"  # then completed, cancelled or failed
     reason: str | None = None  # why it was cancelled: client_cancelled or turn_detected
     error: str | None = None
-    transcript: str = ""
+    transcript: str = ""  # the reply's words: the audio's transcript, or the text
 
     @property
     def open(self) -> bool:
@@ -279,10 +305,14 @@ class Reply:
             "metadata": None,
         }
         if beta:
-            body |= {"modalities": ["text", "audio"], "voice": self.voice, "output_audio_format": "pcm16"}
+            body |= {
+                "modalities": modalities(self.voiced, beta),
+                "voice": self.voice,
+                "output_audio_format": "pcm16",
+            }
         else:
             body |= {
-                "output_modalities": ["audio"],
+                "output_modalities": modalities(self.voiced, beta),
                 "audio": {"output": {"format": FORMAT_GA, "voice": self.voice}},
                 "max_output_tokens": "inf",
             }
@@ -292,7 +322,7 @@ class Reply:
         status = "completed" if self.status == "completed" else "incomplete"
         if self.open:
             status = "in_progress"
-        return assistant_item(self.item_id, None if self.open else self.transcript, status, beta)
+        return assistant_item(self.item_id, None if self.open else self.transcript, status, beta, self.voiced)
 
     def _where(self) -> dict[str, Any]:
         return {"response_id": self.id, "item_id": self.item_id, "output_index": 0, "content_index": 0}
@@ -300,7 +330,7 @@ class Reply:
     # The events of a response, in the order OpenAI sends them.
     def started(self, beta: bool) -> list[dict[str, Any]]:
         item = self.item(beta)
-        part = {"type": "audio" if beta else "output_audio", "transcript": ""}
+        part = output_part("", self.voiced, beta)
         return [
             {"type": "response.created", "response": self.to_dict(beta)},
             {"type": "response.output_item.added", "response_id": self.id, "output_index": 0, "item": item},
@@ -317,8 +347,10 @@ class Reply:
         ]
 
     def text_delta(self, text: str) -> dict[str, Any]:
+        """The reply's next words: the audio's transcript, or the text of a text-only reply."""
         self.transcript += text
-        return {"type": "response.output_audio_transcript.delta", **self._where(), "delta": text}
+        kind = "response.output_audio_transcript.delta" if self.voiced else "response.output_text.delta"
+        return {"type": kind, **self._where(), "delta": text}
 
     def audio_delta(self, b64: str) -> dict[str, Any]:
         return {"type": "response.output_audio.delta", **self._where(), "delta": b64}
@@ -326,11 +358,18 @@ class Reply:
     def finished(self, beta: bool) -> list[dict[str, Any]]:
         """The closing events, once ``status`` says how it ended."""
         item = self.item(beta)
-        part = {"type": "audio" if beta else "output_audio", "transcript": self.transcript}
+        part = output_part(self.transcript, self.voiced, beta)
+        where = self._where()
+        if self.voiced:
+            words = [
+                {"type": "response.output_audio.done", **where},
+                {"type": "response.output_audio_transcript.done", **where, "transcript": self.transcript},
+            ]
+        else:
+            words = [{"type": "response.output_text.done", **where, "text": self.transcript}]
         return [
-            {"type": "response.output_audio.done", **self._where()},
-            {"type": "response.output_audio_transcript.done", **self._where(), "transcript": self.transcript},
-            {"type": "response.content_part.done", **self._where(), "part": part},
+            *words,
+            {"type": "response.content_part.done", **where, "part": part},
             {"type": "response.output_item.done", "response_id": self.id, "output_index": 0, "item": item},
             {"type": "conversation.item.done", "previous_item_id": None, "item": item},
             {"type": "response.done", "response": self.to_dict(beta)},
