@@ -686,3 +686,35 @@ def test_a_state_file_whose_pid_now_belongs_to_another_program_is_not_stopped(tm
         assert other.wait(timeout=10) is not None and not server.pid_alive(other.pid)
     finally:
         other.kill()
+
+
+def test_the_floor_holds_judges_and_releases_a_reply_once_and_refuses_other_moves():
+    from voxloop.floor import Floor, FloorState
+
+    class Sink:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def pause(self) -> None:
+            self.calls.append("pause")
+
+        def resume(self) -> None:
+            self.calls.append("resume")
+
+    sink = Sink()
+    floor = Floor(sink)  # type: ignore[arg-type]
+    floor.hold()
+    floor.hold()  # a second voiced step: still one pause
+    floor.release("a click")
+    assert sink.calls == ["pause", "resume"] and floor.state is FloorState.OPEN
+    floor.hold()
+    floor.judge(2.5)  # the voice became a turn: still the same pause
+    assert floor.judging and sink.calls == ["pause", "resume", "pause"]
+    assert floor.cut() == 2.5 and floor.state is FloorState.OPEN  # the flush ends the pause
+    assert sink.calls == ["pause", "resume", "pause"]
+    floor.judge(4.0)
+    floor.release("a backchannel")
+    assert sink.calls[-2:] == ["pause", "resume"]
+    floor.judge(5.0)
+    with pytest.raises(RuntimeError, match="judging to held"):
+        floor._to(FloorState.HELD)

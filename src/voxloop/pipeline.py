@@ -39,6 +39,7 @@ from voxloop.events import (
     Transcript,
     TurnDone,
 )
+from voxloop.floor import Floor, FloorState
 from voxloop.llm import ChatModel
 from voxloop.printer import Printer
 from voxloop.reply import Models, ReplyJob, sounds_finished
@@ -148,11 +149,10 @@ class Assistant:
         self._last_partial_s = 0.0
         self._t0: float | None = None  # wall clock at sample 0, for sources that run in real time
         self._input_done = False
-        self._held = False  # playback paused on a voiced step that is not yet a barge-in
-        # Voice heard over the reply (its start on the audio clock), not yet known to be an
-        # interruption: the reply holds until it is one (voiced ``interrupt_ms``, or words that
-        # are more than a backchannel), or goes on.
-        self._overlap: float | None = None
+        # The reply's playback and voice heard over it: it holds on a voiced step, and a turn
+        # over it is judged (voiced ``interrupt_ms``, or words that are more than a backchannel)
+        # an interruption, or it goes on.
+        self._floor = Floor(sink)
         self.timers = Timers(self._ring)
         self.toolbox = Toolbox()  # chosen in run(), once the model is known
         self._notices: set[asyncio.Task[None]] = set()  # timers ringing, being voiced
@@ -200,7 +200,7 @@ class Assistant:
                     events = await loop.run_in_executor(vad_thread, self._listen, endpointer, block, far)
                     for event in events:
                         await self._on_event(event, source, endpointer)
-                    if self._overlap is not None:
+                    if self._floor.judging:
                         await self._judge_overlap(endpointer)
                     if self._full_duplex(source):
                         self._hold_playback(endpointer.hearing)
@@ -236,7 +236,7 @@ class Assistant:
         if speaking is None or (speaking.task.done() and not self.sink.busy()):
             return False
         self._speaking = None
-        self._held = False  # the flush ends the pause
+        self._floor.cut()  # the flush ends the pause
         spoken = await speaking.interrupt()
         self.printer.emit(Interrupted(at_s=at_s, spoken=" ".join(spoken)))
         return True
@@ -251,12 +251,10 @@ class Assistant:
         ``announce_ms`` that make it a barge-in: playback stops one VAD step (32 ms) sooner, and
         with the speaker quiet the echo canceller lets the user's voice through at once. If the
         next step is not voiced (a click, a leak of echo), the reply goes on from where it was."""
-        if hearing and not self._held and self._speaking is not None and self.sink.busy():
-            self.sink.pause()
-            self._held = True
-        elif self._held and not hearing and self._overlap is None:
-            self.sink.resume()
-            self._held = False
+        if hearing and self._speaking is not None and self.sink.busy():
+            self._floor.hold()
+        elif not hearing and self._floor.state is FloorState.HELD:
+            self._floor.release("a sound too short to be heard as voice")
 
     def _replying(self) -> bool:
         speaking = self._speaking
@@ -266,20 +264,10 @@ class Assistant:
         """Voice over the reply: enough of it is an interruption; a sound too short to be a turn
         (a cough, a click) lets the reply go on where it was. A short turn ("uh-huh") is judged
         by its words when it ends (:meth:`_on_event`)."""
-        assert self._overlap is not None
         if endpointer.voiced_ms >= self.settings.vad.interrupt_ms:
-            at, self._overlap = self._overlap, None
-            await self.interrupt(at)
+            await self.interrupt(self._floor.cut())
         elif endpointer.voiced_ms == 0 and self._spec is None:
-            self._go_on("a sound too short to be a turn")
-
-    def _go_on(self, why: str) -> None:
-        """It was not an interruption: the reply plays on from where it held."""
-        log.info("the reply goes on: %s", why)
-        self._overlap = None
-        if self._held:
-            self.sink.resume()
-            self._held = False
+            self._floor.release("a sound too short to be a turn")
 
     def _listen(
         self, endpointer: Endpointer, block: np.ndarray, far: np.ndarray | None
@@ -303,10 +291,7 @@ class Assistant:
                 if self._replying() and self.settings.vad.interrupt_ms > 0:
                     # Held until judged, even before its first audio: a reply does not start
                     # over someone talking.
-                    self._overlap = event.at_s
-                    if not self._held:
-                        self.sink.pause()
-                        self._held = True
+                    self._floor.judge(event.at_s)
                 else:
                     await self.interrupt(event.at_s)
             if self._t0 is not None and (self._speaking is None or self._speaking.task.done()):
@@ -340,15 +325,14 @@ class Assistant:
             await self._cancel_spec()
             job = self._start_job(event)
         self._spec = None
-        if self._overlap is not None:
+        if self._floor.judging:
             # A short turn over the reply: "uh-huh", "okay" let it go on; anything else stops it.
             await job.transcribed.wait()
             if is_backchannel(job.result.user):
                 await job.cancel()
-                self._go_on(f"a backchannel ({job.result.user!r})")
+                self._floor.release(f"a backchannel ({job.result.user!r})")
                 return
-            at, self._overlap = self._overlap, None
-            await self.interrupt(at)
+            await self.interrupt(self._floor.cut())
         if self.on_commit is not None:
             self.on_commit(job)
         job.commit()
