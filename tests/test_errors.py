@@ -4,6 +4,8 @@ traceback, and the conversation so far kept."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +128,19 @@ def test_bad_setting_value(voxloop, tmp_path):
     one_clear_line(run, 2, "vad.end_silence_ms", "soon")
     run = voxloop("chat", "--input", "x.wav", extra_env={"VOXLOOP_LLM_EXTRA_BODY": "top_k=20"})
     one_clear_line(run, 2, "llm.extra_body", "JSON")
+
+
+def test_a_typo_in_the_tool_settings_is_said_before_any_model_loads(voxloop, tmp_path):
+    """Before the embedded LLM server starts (a minute for the base preset on 2 cores)."""
+    hello = str(Path(__file__).resolve().parents[1] / "samples" / "hello.wav")
+    for command in (("chat", "--input", hello), ("serve", "--port", "0")):
+        started = time.monotonic()
+        run = voxloop(*command, extra_env={"VOXLOOP_TOOLS_ALLOW": "calculater"})
+        one_clear_line(run, 2, "tools.allow", "calculater", "calculate")
+        assert time.monotonic() - started < 10, command
+    run = voxloop("chat", "--input", hello, extra_env={"VOXLOOP_TOOLS_PLUGINS": "lawn"})
+    one_clear_line(run, 2, "lawn")
+    assert "Starting llamacpp" not in run.err
 
 
 def test_stt_model_name_is_never_downloaded_by_default(speech, voxloop):

@@ -28,6 +28,7 @@ from voxloop.reply import sounds_finished
 from voxloop.settings import Settings
 from voxloop.stt.interim import make_interim
 from voxloop.stt.whisper import WhisperTranscriber
+from voxloop.tools.offer import check_tool_settings
 from voxloop.tts.hibari_tts import HibariSynthesizer
 from voxloop.vad import make_endpointer
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def llm_urls(settings: Settings, printer: Printer) -> Iterator[list[str]]:
     """The servers to talk to: the --llm-url ones, or the embedded llama.cpp server."""
+    check_tool_settings(settings.tools)
     if settings.llm.urls:
         yield list(settings.llm.urls)
         return
@@ -48,6 +50,7 @@ def llm_urls(settings: Settings, printer: Printer) -> Iterator[list[str]]:
 def conversation_model(settings: Settings, printer: Printer) -> Iterator[ChatModel]:
     """The chat model for one conversation: the --llm-url servers, or the embedded server,
     watched for the stall of two llama.cpp threads on a busy box (:mod:`voxloop.llm.stall`)."""
+    check_tool_settings(settings.tools)
     if settings.llm.urls:
         yield make_chat(list(settings.llm.urls), settings, printer)
         return

@@ -31,6 +31,14 @@ def check_allow(settings: ToolSettings, builtins: Iterable[Tool]) -> None:
         )
 
 
+def check_tool_settings(settings: ToolSettings) -> None:
+    """The tool settings' mistakes (a typo in ``allow``, a plugin not installed), said before
+    anything starts: an LLM server takes seconds to a minute to load."""
+    check_allow(settings, builtin_tools(Timers(lambda _: None)))
+    if settings.enabled:
+        plugin_tools(settings.plugins)
+
+
 PLUGIN_GROUP = "voxloop.tools"
 
 
