@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from voxloop.cli import main
-from voxloop.settings import Settings
+from voxloop.llm.deploy import DEFAULT_PROFILE
+from voxloop.settings import BENCHMARKS, Settings, default_config_path
 from voxloop.stt.models import ALIASES
 
 S = Settings()
@@ -40,6 +42,7 @@ def stated_default(command: list[str], flag: str, capsys: pytest.CaptureFixture[
         (["llm", "start"], "--port", str(S.llm.port)),
         (["bench"], "--beams", str(S.stt.beam_size)),
         (["wyoming"], "--language", S.stt.language),
+        (["llm", "start"], "--profile", DEFAULT_PROFILE),
     ],
 )
 def test_help_states_the_settings_defaults(command, flag, value, capsys):
@@ -49,3 +52,12 @@ def test_help_states_the_settings_defaults(command, flag, value, capsys):
 @pytest.mark.parametrize("command", [["chat"], ["wyoming"]])
 def test_help_names_the_whisper_model_the_default_setting_stands_for(command, capsys):
     assert stated_default(command, "--stt-model", capsys) == ALIASES.get(S.stt.model, S.stt.model)
+
+
+def test_help_names_the_config_file_and_the_bench_set_that_are_read(capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/cfg")  # short: argparse wraps a long path
+    assert stated_default(["chat"], "--config", capsys) == "/cfg/voxloop/config.toml"
+    assert default_config_path() == Path("/cfg/voxloop/config.toml")
+    monkeypatch.chdir(BENCHMARKS.parent)
+    assert stated_default(["bench"], "--set", capsys) == "benchmarks/set"
+    assert (BENCHMARKS / "set" / "manifest.json").is_file()

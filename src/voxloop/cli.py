@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -13,17 +14,32 @@ from typing import Any
 
 from voxloop import __version__
 from voxloop.errors import VoxloopError
+from voxloop.llm.deploy import DEFAULT_PROFILE, PROFILES
 from voxloop.printer import make_printer
-from voxloop.settings import Settings, load_settings
+from voxloop.settings import BENCHMARKS, Settings, default_config_path, load_settings
 
 log = logging.getLogger("voxloop")
+
+
+def _home(path: Path) -> str:
+    """``path`` as a user writes it: ``~/…`` under the home folder."""
+    with contextlib.suppress(ValueError):
+        return f"~/{path.relative_to(Path.home())}"
+    return str(path)
+
+
+def _relative(path: Path) -> str:
+    """``path`` from the current folder when it is under it (the repository's benchmarks/)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML settings file (default ~/.config/voxloop/config.toml)",
+        help=f"TOML settings file (default {_home(default_config_path())})",
     )
     p.add_argument("--debug", action="store_true", default=None, help="log details and show tracebacks")
 
@@ -177,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     _preset_flag(start)
     start.add_argument(
         "--profile", metavar="NAME",
-        help="vllm: smollm2-cpu (default), mistral-7b or llama3-70b (the reference GPU flags)",
+        help=f"vllm: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}; the others are the reference GPU flags)",
     )  # fmt: skip
     _common(start)
     for name, text in (("status", "show the running server"), ("stop", "stop the running server")):
@@ -189,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(prepare)
 
     bench = sub.add_parser("bench", help="latency: voxloop vs the reference pipeline on the same recordings")
-    bench.add_argument("--set", metavar="DIR", help="recordings + manifest.json (default benchmarks/set)")
+    bench.add_argument(
+        "--set", metavar="DIR", help=f"recordings + manifest.json (default {_relative(BENCHMARKS / 'set')})"
+    )
     bench.add_argument(
         "--llm-url", action="append", metavar="URL", help="server both pipelines use (default: embedded)"
     )

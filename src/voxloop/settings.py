@@ -203,6 +203,10 @@ class Settings:
 _SECTIONS = ("vad", "stt", "llm", "tts", "tools", "output")
 
 
+# The repository's benchmark sets (`voxloop bench` runs from a source checkout).
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
 def data_dir() -> Path:
     """Where voxloop keeps state (the embedded server's pid file and log)."""
     if home := os.environ.get("VOXLOOP_HOME"):
@@ -301,9 +305,14 @@ def _config_path(explicit: str | None) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"VOXLOOP_CONFIG points at {path}, which does not exist.")
         return path
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    path = Path(base) / "voxloop" / "config.toml"
+    path = default_config_path()
     return path if path.is_file() else None
+
+
+def default_config_path() -> Path:
+    """Where the TOML settings file is read from when neither --config nor $VOXLOOP_CONFIG names one."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "voxloop" / "config.toml"
 
 
 def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -17,12 +17,12 @@ from voxloop.errors import ConfigError
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
-from voxloop.settings import Settings
+from voxloop.settings import BENCHMARKS, Settings
 from voxloop.stt.interim import make_interim
 from voxloop.stt.whisper import WhisperTranscriber
 from voxloop.tts.hibari_tts import HibariSynthesizer
 
-DEFAULT_SET = Path(__file__).resolve().parents[3] / "benchmarks" / "set"
+DEFAULT_SET = BENCHMARKS / "set"
 
 VOXLOOP_STAGES = [
     ("endpoint wait", "endpoint_wait_ms"),

@@ -35,10 +35,10 @@ from voxloop.events import SpeechEnded, TurnDone
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
-from voxloop.settings import Settings
+from voxloop.settings import BENCHMARKS, Settings
 from voxloop.vad.turn import shared_turn_model
 
-DEFAULT_PAUSE_SET = Path(__file__).resolve().parents[3] / "benchmarks" / "pauses"
+DEFAULT_PAUSE_SET = BENCHMARKS / "pauses"
 CONFIGS = (("turn model", True), ("silence + words", False))
 EARLY_S = 0.3  # a VAD end this long before a turn's true end still belongs to it
 LATE_S = 0.6  # ...and this long after it

@@ -32,9 +32,9 @@ from voxloop.bench.score import holds_answer, wer
 from voxloop.errors import ConfigError
 from voxloop.llm.openai_http import ENGINE_SAMPLING, OpenAIChat
 from voxloop.llm.server import embedded_server
-from voxloop.settings import Settings, apply_changes
+from voxloop.settings import BENCHMARKS, Settings, apply_changes
 
-DEFAULT_QUALITY_SET = Path(__file__).resolve().parents[3] / "benchmarks" / "quality"
+DEFAULT_QUALITY_SET = BENCHMARKS / "quality"
 HEARD_WER = 0.25
 STAGE_NAMES = {
     "endpoint_wait_ms": "endpoint wait",

@@ -69,6 +69,9 @@ PROFILES = {
 }
 
 
+DEFAULT_PROFILE = "smollm2-cpu"  # what `voxloop llm start --engine vllm` runs unless told
+
+
 def profile(name: str) -> Profile:
     try:
         return PROFILES[name]

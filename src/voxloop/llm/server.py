@@ -25,7 +25,7 @@ import psutil
 
 from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
 from voxloop.llm import models
-from voxloop.llm.deploy import profile, serve_args
+from voxloop.llm.deploy import DEFAULT_PROFILE, profile, serve_args
 from voxloop.settings import LlmSettings, data_dir
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def vllm_launch(
             "vLLM is not installed. Run: ./install.sh --vllm (or pip install 'voxloop[vllm]'), "
             "or use the default engine: voxloop llm start"
         )
-    p = profile(profile_name or "smollm2-cpu")
+    p = profile(profile_name or DEFAULT_PROFILE)
     if model:
         folder = Path(model).expanduser()
         if not (folder / "config.json").is_file():
