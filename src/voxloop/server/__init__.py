@@ -92,6 +92,7 @@ def serve(
         allowed_hosts=names,
     )
     announce(say, host, port, token, tls, allowed_hosts)
+    logging.getLogger("uvicorn.error").addFilter(_one_line_for_bad_utf8)
     try:
         uvicorn.run(
             build_app(state),
@@ -105,6 +106,17 @@ def serve(
         )
     except OSError as exc:
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc}). Pass another --port.") from None
+
+
+def _one_line_for_bad_utf8(record: logging.LogRecord) -> bool:
+    """uvicorn logs a text frame that is not UTF-8 with a traceback (it closes the socket with
+    1007, as it should): a client's bad frame is one warning line, not a server error."""
+    if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "A client sent a text frame that is not UTF-8; its socket was closed (1007)."
+        record.args = ()
+    return True
 
 
 async def _check(chat: ChatModel) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from starlette.websockets import WebSocketDisconnect
 
 from voxloop.events import (
     ErrorEvent,
@@ -51,6 +53,15 @@ AUDIO_RATE_X = 2.0
 AUDIO_BURST_S = 4.0
 MIN_FRAME_S = 0.005  # a frame counts as at least 5 ms, so many tiny frames are not free
 WARN_EVERY_S = 5.0
+# A client that stops reading (a frozen tab, a stuck script) must not have the server hold its
+# messages without bound, nor keep its conversation open for ever. While this many messages wait
+# for it, its own frames are not read (they wait in its socket); once one send has waited this
+# long for the socket, or the pipeline alone has queued four times as many, it is given up.
+MAX_PENDING = 1000
+SEND_TIMEOUT_S = 10.0
+CLOSE_STUCK = 1008  # the close code then (policy violation), with the reason...
+CLOSE_WAIT_S = 30.0  # ...which a client that reads again within this long still gets
+SHOWN_CHARS = 40  # of a client's own words repeated in an error event
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SendBytes = Callable[[bytes], Awaitable[None]]
@@ -171,20 +182,70 @@ SENT = (SpeechStarted, Transcript, ReplyDelta, Interrupted, TurnDone, ToolUsed, 
 
 
 class SocketPrinter:
-    """Pipeline events as protocol messages, sent in order from one task."""
+    """Pipeline events as protocol messages, sent in order from one task.
+
+    Everything sent to the client goes through :meth:`deliver`, so this is where a client that
+    stops reading shows: its messages pile up and a send waits for ever. Whoever reads the
+    client's frames waits for :meth:`room` first (back-pressure, as a socket's own buffers do);
+    once a send has waited SEND_TIMEOUT_S, or 4 x MAX_PENDING messages wait, the printer gives the
+    client up: ``stuck`` says why, ``gone`` is set (as it is when a send finds the client gone),
+    nothing more is sent, and whoever owns the session ends it."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.gone = asyncio.Event()
+        self.stuck: str | None = None
         self.task = asyncio.create_task(self._pump())
         self.on_turn: Callable[[TurnDone], None] | None = None
 
     async def _pump(self) -> None:
         while True:
             message = await self._queue.get()
-            await self._send(message)
+            if not await self.deliver(functools.partial(self._send, message)):
+                return
+            if self._queue.qsize() < MAX_PENDING // 2:
+                self._room.set()
+
+    async def room(self) -> None:
+        """Return once fewer than MAX_PENDING messages wait for the client (or it is gone)."""
+        if self._queue.qsize() >= MAX_PENDING and not self.gone.is_set():
+            self._room.clear()
+        await self._room.wait()
+
+    async def deliver(self, sending: Callable[[], Awaitable[None]]) -> bool:
+        """Send one message or audio frame; False once the client is given up or gone."""
+        if self.gone.is_set():
+            return False
+        try:
+            await asyncio.wait_for(sending(), SEND_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.give_up(f"a message waited {SEND_TIMEOUT_S:g} s to be sent")
+            return False
+        except WebSocketDisconnect:  # it left; the receiving side ends the session
+            self._lost()
+            return False
+        return True
+
+    def give_up(self, why: str) -> None:
+        if self.gone.is_set():
+            return
+        log.warning("A client stopped reading (%s): its session ends.", why)
+        self.stuck = f"The client stopped reading ({why}). Reconnect, and read what is sent."
+        self._lost()
+
+    def _lost(self) -> None:
+        self.gone.set()
+        self._room.set()  # nothing waits for room that will never come
 
     def message(self, message: dict[str, Any]) -> None:
+        if self.gone.is_set():
+            return
+        if self._queue.qsize() >= 4 * MAX_PENDING:
+            self.give_up(f"{4 * MAX_PENDING} messages waited")
+            return
         self._queue.put_nowait(message)
 
     def emit(self, event: Event) -> None:
@@ -209,7 +270,8 @@ class Session:
         self.app = app
         self.printer = printer if printer is not None else SocketPrinter(send)
         self.source = SocketSource()
-        self.sink = SocketSink(app.synthesizer.sample_rate, send_bytes, self.printer.message)
+        self._send_bytes = send_bytes
+        self.sink = SocketSink(app.synthesizer.sample_rate, self._send_audio, self.printer.message)
         self.settings: Settings = app.settings
         self.assistant: Assistant | None = None
         self._assistant: asyncio.Task[Any] | None = None
@@ -241,6 +303,9 @@ class Session:
         self.printer.on_turn = self.app.count_turn
         self._assistant = asyncio.create_task(assistant.run(self.source))
 
+    async def _send_audio(self, pcm: bytes) -> None:
+        await self.printer.deliver(functools.partial(self._send_bytes, pcm))
+
     def error(self, message: str) -> None:
         self.printer.message(ErrorEvent(message).to_dict())
 
@@ -268,18 +333,24 @@ class Session:
 
     def control(self, text: str) -> None:
         if len(text) > MAX_CONTROL_BYTES:
-            self.error("Control message too long.")
+            self.error(
+                f"Control message refused: over {MAX_CONTROL_BYTES:,} characters. "
+                'Send JSON like {"type": "config", ...}, shorter.'
+            )
             return
         try:
             message = json.loads(text)
             kind = message["type"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # Recursion: nested ~1,000 deep
             self.error('Malformed control message: send JSON like {"type": "config", ...}.')
             return
         if kind == "config":
             system = message.get("system")
-            if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS:
-                self.error(f"config.system must be a string of at most {MAX_SYSTEM_CHARS} characters.")
+            if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS or not _utf8(system):
+                self.error(
+                    f"config.system must be a string of at most {MAX_SYSTEM_CHARS} characters "
+                    "(valid Unicode: no lone surrogates)."
+                )
                 return
             if self._assistant is not None:
                 self.error("config must come before the first audio frame.")
@@ -290,7 +361,9 @@ class Session:
             if self._interrupting is None or self._interrupting.done():  # else one is under way
                 self._interrupting = asyncio.create_task(self._interrupt())
         else:
-            self.error(f"Unknown control message type {kind!r}.")
+            shown = repr(kind)
+            shown = shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+            self.error(f'Unknown control message type {shown}: send "config" or "interrupt".')
 
     async def _interrupt(self) -> None:
         if self.assistant is not None:
@@ -310,3 +383,13 @@ class Session:
         self.printer.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.printer.task
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can go to the LLM server: JSON's ``"\\ud800"`` is a str Python holds but
+    no UTF-8 request body can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
