@@ -305,6 +305,9 @@ async def test_bad_events_are_errors_and_the_session_goes_on(server):
             ),
             (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
             (json.dumps({"type": "response.create"}), "no_user_input"),
+            ("[" * 5000 + "]" * 5000, "invalid_json"),  # nested past Python's recursion limit
+            # A lone surrogate (as JSON may write one) no request to the LLM can carry.
+            ('{"type": "session.update", "session": {"instructions": "Be \\ud800 brief."}}', "invalid_event"),
         ]
         for text, code in bad:
             await ws.send(text)

@@ -84,9 +84,15 @@ def test_splitter_emits_sentences_as_they_complete():
     out = []
     for piece in ["Hello the", "re, my friend. Dr. Smith", " is 3.5 metres tall! And", " then"]:
         out += sp.feed(piece)
-    # The first piece may end at a clause ("I'm sorry," is spoken while the rest is generated);
-    # later pieces are whole sentences of a speakable length.
-    assert out == ["Hello there,", "my friend. Dr. Smith is 3.5 metres tall!"]
+    # The first piece may end at a clause ("I'm sorry," is spoken while the rest is generated),
+    # and the rest of that sentence is spoken as soon as it ends, however short; later pieces
+    # are whole sentences of a speakable length.
+    assert out == ["Hello there,", "my friend.", "Dr. Smith is 3.5 metres tall!"]
+    assert _streamed("Paris is lovely in spring. It is. So nice.") == [
+        "Paris is lovely",
+        "in spring.",
+        "It is. So nice.",
+    ]
     assert sp.flush() == ["And then"]
 
 
@@ -718,3 +724,36 @@ def test_the_floor_holds_judges_and_releases_a_reply_once_and_refuses_other_move
     floor.judge(5.0)
     with pytest.raises(RuntimeError, match="judging to held"):
         floor._to(FloorState.HELD)
+
+
+async def test_a_turn_that_fails_on_a_bug_is_reported_and_the_next_one_works(capsys):
+    """Not an LLM error: an exception nobody foresaw (a library's, on one reply). The turn says
+    so in one line and keeps what was said; the conversation goes on."""
+    chat = ScriptedChat(["Reply one starts. ", RuntimeError("a library tripped")], ["Reply two."])
+    assistant = Assistant(Settings(), Words("one", "two"), chat, Voice(), NullSink(), JsonPrinter())
+    turns = await assistant.run(BlocksSource(2), ScriptedEndpointer())
+    assert [t.user for t in turns] == ["one", "two"]
+    assert turns[0].error is not None and "a library tripped" in turns[0].error
+    assert turns[0].assistant == "Reply one starts. …"
+    assert turns[1].assistant == "Reply two." and turns[1].error is None
+    assert [m["role"] for m in chat.requests[1]] == ["system", "user", "assistant", "user"]
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    errors = [e["message"] for e in out if e["type"] == "error"]
+    assert len(errors) == 1 and "Turn 1" in errors[0] and "a library tripped" in errors[0]
+
+
+async def test_a_transcriber_that_fails_on_one_utterance_ends_only_that_turn(capsys):
+    class Flaky(Words):
+        def transcribe(self, audio, stop=None):
+            text = super().transcribe(audio, stop)
+            if text == "boom":
+                raise ValueError("cannot decode this chunk")
+            return text
+
+    chat = ScriptedChat(["Reply."])
+    assistant = Assistant(Settings(), Flaky("boom", "two"), chat, Voice(), NullSink(), JsonPrinter())
+    turns = await assistant.run(BlocksSource(2), ScriptedEndpointer())
+    assert [t.user for t in turns] == ["two"] and turns[0].assistant == "Reply."
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    errors = [e["message"] for e in out if e["type"] == "error"]
+    assert len(errors) == 1 and "cannot decode this chunk" in errors[0]

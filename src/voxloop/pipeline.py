@@ -402,7 +402,10 @@ class Assistant:
     async def _cancel_spec(self) -> None:
         if self._spec is not None:
             job, self._spec = self._spec, None
-            await job.cancel()
+            try:
+                await job.cancel()
+            except Exception as exc:  # an answer called off: its failure changes nothing now
+                log.debug("a reply called off had failed: %s", exc, exc_info=True)
 
     def _maybe_partial(self, endpointer: Endpointer, now_s: float) -> None:
         """An interim transcript every second while the user talks, one at a time."""
@@ -424,7 +427,11 @@ class Assistant:
         if self.interim is not None:  # its own model copy, on the thread that copy belongs to
             transcriber, executor = self.interim, self.interim.executor
         work = functools.partial(transcriber.transcribe, audio, stop=self._paused.is_set)
-        text = await loop.run_in_executor(executor, work)
+        try:
+            text = await loop.run_in_executor(executor, work)
+        except Exception as exc:  # a partial is a preview: the turn's own transcript decides
+            log.debug("a partial transcript failed: %s", exc, exc_info=True)
+            return
         if text:
             self.printer.emit(Transcript(text=text, stt_ms=0.0, partial=True))
             if not self._paused.is_set():  # still talking: the server reads the words so far
@@ -452,7 +459,17 @@ class Assistant:
         return job.started_audio_s + (wall - job.started_wall)
 
     async def _complete(self, job: ReplyJob, final: SpeechEnded) -> TurnDone | None:
-        r = await job.finish()
+        try:
+            r = await job.finish()
+        except Exception as exc:
+            # Not an LLM error (those are in the result): a failure nobody foresaw, a library's
+            # on one input. This turn says so and keeps what was said; the next one works.
+            log.debug("turn failed", exc_info=True)
+            r = job.result
+            r.error = f"{type(exc).__name__}: {exc}"
+            if not r.user:
+                self.printer.emit(ErrorEvent(f"A turn failed before its words were known: {r.error}"))
+                return None
         if self._t0 is not None and r.user and r.sentences and not (r.error or job.interrupted):
             # While the reply plays, the server reads it into its prompt cache as the history
             # will hold it; after a trim of the history that is seconds of reading, which the

@@ -230,7 +230,10 @@ class ReplyJob:
 
     # -- the work -------------------------------------------------------------------------------
     async def _run(self) -> ReplyResult:
-        await self._write()
+        try:
+            await self._write()
+        finally:
+            self.transcribed.set()  # whoever waits for the words is not left waiting if STT fails
         # A reply that ran its course is voiced to the end; a cancelled one never gets here.
         self._sentences.put_nowait(None)
         await self._speaker

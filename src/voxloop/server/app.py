@@ -10,7 +10,6 @@ only the server's own Origin (plus any configured ones).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -44,7 +43,7 @@ from voxloop.events import TurnDone
 from voxloop.llm import ChatModel
 from voxloop.server.openai_audio import openai_routes
 from voxloop.server.realtime import realtime_route
-from voxloop.server.session import CLOSE_STUCK, CLOSE_WAIT_S, MAX_CONTROL_BYTES, Session
+from voxloop.server.session import MAX_CONTROL_BYTES, Session, close_if_stuck, read_while_read
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
 from voxloop.tts import Synthesizer
@@ -284,34 +283,22 @@ def build_app(state: ServerState) -> Starlette:
         async def send(message: dict[str, Any]) -> None:
             await websocket.send_json(message)
 
-        async def receive() -> None:
-            while True:
-                await session.printer.room()  # a client that reads nothing is not read either
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if message.get("bytes") is not None:
-                    session.audio(message["bytes"])
-                elif message.get("text") is not None:
-                    session.control(message["text"][: MAX_CONTROL_BYTES + 1])
+        async def read() -> bool:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return False
+            if message.get("bytes") is not None:
+                session.audio(message["bytes"])
+            elif message.get("text") is not None:
+                session.control(message["text"][: MAX_CONTROL_BYTES + 1])
+            return True
 
         session = Session(state, send, websocket.send_bytes)
         async with state.open_session(session):
             await websocket.send_json(session.hello())
             # Until the client leaves, or stops reading what it is sent (the session gives it up).
-            receiving = asyncio.create_task(receive())
-            gone = asyncio.create_task(session.printer.gone.wait())
-            try:
-                await asyncio.wait({receiving, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (receiving, gone):
-                    task.cancel()
-                await asyncio.wait({receiving, gone})
-            if not receiving.cancelled():
-                receiving.result()  # a failure of the session's own code is not swallowed
-        if session.printer.stuck is not None:  # the close frame, should it read again in time
-            with contextlib.suppress(asyncio.TimeoutError, WebSocketDisconnect):
-                await asyncio.wait_for(websocket.close(CLOSE_STUCK, session.printer.stuck), CLOSE_WAIT_S)
+            await read_while_read(session.printer, read)
+        await close_if_stuck(websocket, session.printer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

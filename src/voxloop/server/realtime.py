@@ -51,7 +51,17 @@ from voxloop.reply import ReplyJob
 from voxloop.server import realtime_events as wire
 from voxloop.server.openai_audio import stt_model_id
 from voxloop.server.realtime_events import Dialect, RealtimeConfig, RealtimeError, Reply
-from voxloop.server.session import INPUT_RATE, MAX_FRAME_BYTES, Send, Session, SocketPrinter, SocketSink
+from voxloop.server.session import (
+    INPUT_RATE,
+    MAX_FRAME_BYTES,
+    Send,
+    Session,
+    SocketPrinter,
+    SocketSink,
+    close_if_stuck,
+    read_while_read,
+    valid_unicode,
+)
 from voxloop.tts import Synthesizer
 
 if TYPE_CHECKING:
@@ -180,11 +190,17 @@ class RealtimeSession(Session):
         try:
             try:
                 event = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # Recursion: nested ~1,000 deep
                 raise RealtimeError("The event is not JSON.", code="invalid_json") from None
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise RealtimeError('An event is a JSON object with a "type".', code="invalid_event")
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            if event["type"] != "input_audio_buffer.append" and not valid_unicode(event):
+                raise RealtimeError(
+                    "The event holds a lone surrogate (such as \\ud800), which no request to the "
+                    "LLM can carry: send valid Unicode.",
+                    code="invalid_event",
+                )
             self._dispatch(event["type"], event)
         except RealtimeError as exc:
             self._out(wire.error(exc.message, exc.code, exc.param, event_id))
@@ -523,19 +539,23 @@ def realtime_route(state: ServerState) -> WebSocketRoute:
         async def send(message: dict[str, Any]) -> None:
             await websocket.send_json(message)
 
+        async def read() -> bool:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return False
+            if message.get("text") is not None:
+                session.receive(message["text"])
+            elif message.get("bytes") is not None:
+                session.error(
+                    "Send events as JSON text frames; audio goes base64 in input_audio_buffer.append."
+                )
+            return True
+
         session = RealtimeSession(state, send, beta)
         session.begin()
         async with state.open_session(session, "realtime"):
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                if message.get("text") is not None:
-                    session.receive(message["text"])
-                elif message.get("bytes") is not None:
-                    session.error(
-                        "Send events as JSON text frames; audio goes base64 in input_audio_buffer.append."
-                    )
+            await read_while_read(session.printer, read)
+        await close_if_stuck(websocket, session.printer)
 
     return WebSocketRoute("/v1/realtime", endpoint)
 

@@ -346,7 +346,7 @@ class Session:
             return
         if kind == "config":
             system = message.get("system")
-            if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS or not _utf8(system):
+            if not isinstance(system, str) or len(system) > MAX_SYSTEM_CHARS or not valid_unicode(system):
                 self.error(
                     f"config.system must be a string of at most {MAX_SYSTEM_CHARS} characters "
                     "(valid Unicode: no lone surrogates)."
@@ -385,11 +385,41 @@ class Session:
             await self.printer.task
 
 
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can go to the LLM server: JSON's ``"\\ud800"`` is a str Python holds but
-    no UTF-8 request body can carry."""
+def valid_unicode(value: Any) -> bool:
+    """Whether ``value`` (a str, or parsed JSON) can go to the LLM server: JSON's ``"\\ud800"``
+    is a str Python holds but no UTF-8 request body can carry."""
     try:
-        text.encode("utf-8")
+        (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+async def read_while_read(printer: SocketPrinter, read: Callable[[], Awaitable[bool]]) -> None:
+    """Read a client's frames (``read`` returns False once it has left) for as long as it reads
+    what it is sent: none while ``printer`` holds MAX_PENDING messages for it, and none once it
+    is given up (then this returns, and the owner ends the session)."""
+
+    async def receive() -> None:
+        while True:
+            await printer.room()
+            if not await read():
+                return
+
+    receiving = asyncio.create_task(receive())
+    gone = asyncio.create_task(printer.gone.wait())
+    try:
+        await asyncio.wait({receiving, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (receiving, gone):
+            task.cancel()
+        await asyncio.wait({receiving, gone})
+    if not receiving.cancelled():
+        receiving.result()  # a failure of the session's own code is not swallowed
+
+
+async def close_if_stuck(websocket: Any, printer: SocketPrinter) -> None:
+    """A client given up for not reading gets the close frame and why, should it read in time."""
+    if printer.stuck is not None:
+        with contextlib.suppress(asyncio.TimeoutError, WebSocketDisconnect):
+            await asyncio.wait_for(websocket.close(CLOSE_STUCK, printer.stuck), CLOSE_WAIT_S)
