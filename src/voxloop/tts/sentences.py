@@ -65,6 +65,9 @@ class SentenceSplitter:
         self.first_max_words = first_max_words
         self._buffer = ""
         self._first = bool(first_clause_words)
+        # The first piece was cut mid-sentence: the rest of that sentence is a piece of its own,
+        # however short ("in spring."), and is spoken as soon as it ends.
+        self._rest = False
 
     def _cuts_here(self, candidate: str, mark: str) -> bool:
         if mark.startswith("\n"):
@@ -77,7 +80,7 @@ class SentenceSplitter:
                 opener = len(words) == 1 and words[0].lower() in _OPENERS
                 return opener or len(words) >= self.first_clause_words
             return True  # "Sure!" may be spoken on its own
-        return len(candidate.strip()) >= self.min_chars
+        return self._rest or len(candidate.strip()) >= self.min_chars
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the sentences it completed (maybe none)."""
@@ -92,6 +95,7 @@ class SentenceSplitter:
                     start = m.end()
                     if text:
                         out.append(text)
+                        self._rest = self._first and not _END.fullmatch(m.group(0))  # cut mid-sentence
                         if self._first:
                             self._first = False
                             break  # later pieces follow the sentence rules
@@ -101,6 +105,7 @@ class SentenceSplitter:
         if self._first and self.first_phrase_words and (phrase := self._first_phrase()):
             out.append(phrase)
             self._first = False
+            self._rest = True
             out += self.feed("")  # the rest may already hold a whole sentence
         while not self._first and (piece := self._run_on()):
             out.append(piece)
