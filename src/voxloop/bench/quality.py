@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from voxloop.audio.decode import load_audio
-from voxloop.bench import Bench, percentile, rows_table
+from voxloop.bench import VOXLOOP_STAGES, Bench, percentile, rows_table
 from voxloop.bench.score import holds_answer, wer
 from voxloop.errors import ConfigError
 from voxloop.llm.openai_http import ENGINE_SAMPLING, OpenAIChat
@@ -36,15 +36,7 @@ from voxloop.settings import BENCHMARKS, Settings, apply_changes
 
 DEFAULT_QUALITY_SET = BENCHMARKS / "quality"
 HEARD_WER = 0.25
-STAGE_NAMES = {
-    "endpoint_wait_ms": "endpoint wait",
-    "head_start_ms": "head start",
-    "stt_ms": "STT",
-    "llm_first_token_ms": "LLM first token",
-    "first_sentence_ms": "LLM first piece",
-    "first_tts_ms": "TTS first piece",
-}
-STAGES = tuple(STAGE_NAMES)
+STAGE_NAMES = {key: label for label, key in VOXLOOP_STAGES}  # the latency bench's stages
 
 
 @dataclass
@@ -198,7 +190,7 @@ def summarize(turns: list[QualityTurn], server: dict[str, Any]) -> dict[str, Any
         # Where the time goes, p50 over the turns that have the stage.
         "stages_p50_ms": {
             stage: percentile(values, 0.5)
-            for stage in STAGES
+            for stage in STAGE_NAMES
             if (values := [t.stages[stage] for t in turns if stage in t.stages])
         },
     }

@@ -322,9 +322,7 @@ class RealtimeSession(Session):
         if not isinstance(options, dict):
             raise RealtimeError("`response` must be an object.", param="response")
         given = options.get("output_modalities", options.get("modalities"))
-        voiced = self.config.voiced
-        if given is not None:
-            voiced = wire.read_modalities(given, "response.output_modalities")
+        voiced = None if given is None else wire.read_modalities(given, "response.output_modalities")
         if self._active() is not None:
             raise RealtimeError(
                 "A response is in progress: wait for its response.done, or send response.cancel.",

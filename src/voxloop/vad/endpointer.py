@@ -15,7 +15,6 @@ whether the words do (``hint``). See :meth:`SileroEndpointer.wait_ms` for how th
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -270,16 +269,16 @@ class SileroEndpointer:
         keep = self._last_voiced_end - self._start + int(TRAILING_S * self.rate)
         if keep > len(audio):
             audio = np.concatenate([audio, np.zeros(keep - len(audio), np.float32)])
-        ended = SpeechEnded(
+        # The end of a pause answered early names that early end; any other end gets a new id.
+        same = {"utterance": self._pause.utterance} if final and self._pause is not None else {}
+        return SpeechEnded(
             audio=audio[:keep],
             start_s=max(0, self._start) / self.rate,
             end_s=self._last_voiced_end / self.rate,
             endpoint_at_s=now / self.rate,
             final=final,
+            **same,
         )
-        if final and self._pause is not None:  # the end of the pause answered early
-            return dataclasses.replace(ended, utterance=self._pause.utterance)
-        return ended
 
     def _finish(self, now: int) -> SpeechEnded | None:
         event = self._ended(now, final=True) if self._is_turn() else None
