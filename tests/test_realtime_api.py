@@ -107,6 +107,7 @@ async def test_a_spoken_question_through_the_openai_client(server, synthesizer, 
         "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed",
         "conversation.item.created",
+        "conversation.item.input_audio_transcription.completed",  # the words before their answer
         "response.created",
         "response.output_item.added",
         "response.output_audio.delta",

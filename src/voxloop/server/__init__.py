@@ -15,7 +15,12 @@ from voxloop.llm import ChatModel
 from voxloop.settings import Settings
 
 if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from voxloop.server.app import ServerState
     from voxloop.server.tls import TlsFiles
+    from voxloop.server.wyoming import WyomingOptions
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,10 @@ def serve(
     say: Callable[[str], None],
     allowed_hosts: tuple[str, ...] = (),
     tls: TlsFiles | None = None,
+    wyoming: WyomingOptions | None = None,
 ) -> None:
-    """Serve the voice page until stopped; over HTTPS with ``tls`` (see :func:`tls.tls_files`)."""
+    """Serve the voice page until stopped; over HTTPS with ``tls`` (see :func:`tls.tls_files`);
+    with ``wyoming``, the Wyoming protocol too, on the same models (see ``wyoming_serve.py``)."""
     import uvicorn
 
     from voxloop.app import make_chat
@@ -93,19 +100,44 @@ def serve(
     )
     announce(say, host, port, token, tls, allowed_hosts)
     logging.getLogger("uvicorn.error").addFilter(_one_line_for_bad_utf8)
+    app = build_app(state)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=WS_MAX_BYTES,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+    )
+    http = uvicorn.Server(config)
+    # What uvicorn.run does, with the Wyoming server beside it in the same event loop. uvicorn
+    # catches SIGTERM and Ctrl-C, shuts down (the app's shutdown closes Wyoming) and raises the
+    # signal again once done: SIGTERM is then stop_on_sigterm's, Ctrl-C ends quietly here.
     try:
-        uvicorn.run(
-            build_app(state),
-            host=host,
-            port=port,
-            log_level="warning",
-            ws_max_size=WS_MAX_BYTES,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-            ssl_certfile=tls.cert if tls else None,
-            ssl_keyfile=tls.key if tls else None,
-        )
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_serve(http, app, state, wyoming, say))
+    except KeyboardInterrupt:
+        pass
     except OSError as exc:
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc}). Pass another --port.") from None
+
+
+async def _serve(
+    http: uvicorn.Server,
+    app: Starlette,
+    state: ServerState,
+    wyoming: WyomingOptions | None,
+    say: Callable[[str], None],
+) -> None:
+    if wyoming is None:
+        await http.serve()
+        return
+    from voxloop.server.wyoming_serve import beside
+
+    async with beside(app, state, wyoming, say):
+        await http.serve()
 
 
 def _one_line_for_bad_utf8(record: logging.LogRecord) -> bool:

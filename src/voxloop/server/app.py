@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WILDCARD = {"0.0.0.0", "::", ""}
 # Sessions on /metrics, by protocol: voxloop's WebSocket (/ws), OpenAI's Realtime WebSocket, and
-# OpenAI's audio endpoints, where one HTTP request is one session (docs/protocol.md, "Metrics").
+# OpenAI's audio endpoints, where one HTTP request is one session (docs/protocol.md, "Metrics");
+# with `serve --wyoming`, Wyoming too (added by wyoming_serve.py: a connection that asks for
+# anything is one).
 PROTOCOLS = ("voxloop", "realtime", "transcriptions", "speech")
 HTTP_PROTOCOLS = {"/v1/audio/transcriptions": "transcriptions", "/v1/audio/speech": "speech"}
 
@@ -87,9 +89,8 @@ class ServerState:
         by = ["protocol"]
         self.sessions_started = Counter("voxloop_sessions", "Sessions started", by, registry=r)
         self.sessions_active = Gauge("voxloop_sessions_active", "Sessions in progress", by, registry=r)
-        for protocol in PROTOCOLS:  # each protocol listed from the start, at 0
-            self.sessions_started.labels(protocol=protocol)
-            self.sessions_active.labels(protocol=protocol)
+        for protocol in PROTOCOLS:
+            self.list_protocol(protocol)
         self.audio_in = Counter("voxloop_audio_in_seconds", "Microphone audio accepted", registry=r)
         self.audio_dropped = Counter(
             "voxloop_audio_dropped_seconds", "Microphone audio dropped: sent too fast", registry=r
@@ -115,6 +116,19 @@ class ServerState:
             self.sessions.dec()
             self.open_sessions -= 1
             await session.close()
+
+    def list_protocol(self, protocol: str) -> None:
+        """Show ``protocol``'s sessions on /metrics from now, at 0 until its first one."""
+        self.sessions_started.labels(protocol=protocol)
+        self.sessions_active.labels(protocol=protocol)
+
+    @contextlib.contextmanager
+    def session_counted(self, protocol: str) -> Iterator[None]:
+        """A session of ``protocol`` that is neither a WebSocket nor an HTTP request (a Wyoming
+        connection): started now, active until the block ends."""
+        self.sessions_started.labels(protocol=protocol).inc()
+        with self.session_active(protocol):
+            yield
 
     @contextlib.contextmanager
     def session_active(self, protocol: str) -> Iterator[None]:

@@ -87,6 +87,7 @@ class Turn:
     job: ReplyJob
     item_id: str | None  # the user's audio item it answers (None: typed words)
     reply: Reply | None = None
+    heard: bool = False  # its transcription event is out
 
 
 class SessionVoice:
@@ -420,6 +421,10 @@ class RealtimeSession(Session):
         self._add_user_item(wire.user_item(item_id, audio=True))
         turn = Turn(job, item_id)
         self._turns.append(turn)
+        if job.transcribed.is_set():
+            # A reply made during the pause: its audio is released right after this, and the
+            # client must have the words it answers first.
+            self._heard(turn)
         self._spawn(self._watch(turn))
 
     async def _watch(self, turn: Turn) -> None:
@@ -430,10 +435,9 @@ class RealtimeSession(Session):
         await asyncio.wait({heard, job.task}, return_when=asyncio.FIRST_COMPLETED)
         heard.cancel()
         if job.transcribed.is_set():
-            if turn.item_id is not None:
-                seconds = job.speech.duration_s
-                self._out(wire.transcription_completed(turn.item_id, job.result.user, seconds))
-            if not job.result.user:
+            if not turn.heard:
+                self._heard(turn)
+            if not job.words:
                 with contextlib.suppress(ValueError):
                     self._turns.remove(turn)
                 return
@@ -445,6 +449,15 @@ class RealtimeSession(Session):
             if turn.reply is not None and turn.reply.open:
                 turn.reply.error = str(job.task.exception())
                 self._close(turn.reply, "failed")
+
+    def _heard(self, turn: Turn) -> None:
+        """The transcription of the turn's audio item, once."""
+        turn.heard = True
+        if turn.item_id is not None:
+            # The words of this audio item (a turn taken back before it adds its own words to
+            # the request, not to this item's transcript).
+            seconds = turn.job.speech.duration_s
+            self._out(wire.transcription_completed(turn.item_id, turn.job.words, seconds))
 
     def _new_reply(self, voiced: bool | None = None) -> Reply:
         """A response opened, spoken or in text as ``voiced`` says (None: as the session says)."""

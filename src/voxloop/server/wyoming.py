@@ -21,6 +21,10 @@ knows only the one-shot forms reads up to ``transcript`` or ``handled`` and igno
 ``--no-streaming`` turns them off. Anything a client gets wrong is answered with an ``error``
 event and the connection goes on. Wyoming has no authentication: the server binds 127.0.0.1
 unless told otherwise.
+
+The same server runs inside ``voxloop serve --wyoming`` on the models the HTTP and WebSocket
+protocols use (``wyoming_serve.py``): there it is given the server's worker pools and a hook that
+counts its sessions on ``/metrics``, and it is started and closed by ``voxloop serve``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +106,12 @@ def is_loopback(host: str) -> bool:
 class WyomingServer:
     """The shared models and the listening socket; owns every connection's task.
 
-    ``run`` once: it serves until ``stop`` is set, then closes the connections (cancelling what
-    they were doing), the worker threads and the LLM client.
+    ``run`` once (``voxloop wyoming``): it serves until ``stop`` is set, then closes the
+    connections (cancelling what they were doing), the worker threads and the LLM client. A
+    process that owns the models, the chat client and the worker threads itself (``voxloop
+    serve``) calls ``start`` and ``close`` instead, passing its ``pools`` (speech to text, voice)
+    and a ``session`` context entered for each connection that asks for anything (``describe``
+    and ``ping`` alone are not a session).
     """
 
     def __init__(
@@ -112,17 +121,24 @@ class WyomingServer:
         synthesizer: Synthesizer,
         chat: ChatModel,
         options: WyomingOptions | None = None,
+        pools: tuple[Executor, Executor] | None = None,
+        session: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.settings = settings
         self.transcriber = transcriber
         self.synthesizer = synthesizer
         self.chat = chat
         self.options = options or WyomingOptions()
-        self.stt_thread = ThreadPoolExecutor(1, thread_name_prefix="wyoming-stt")
-        self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="wyoming-tts")
+        self._own_pools = pools is None
+        self.stt_thread, self.tts_thread = pools or (
+            ThreadPoolExecutor(1, thread_name_prefix="wyoming-stt"),
+            ThreadPoolExecutor(1, thread_name_prefix="wyoming-tts"),
+        )
+        self.session = session
         self.conversations = Conversations(settings.system_prompt, self.options.conversations)
         self.connections: set[asyncio.Task[Any]] = set()
         self.info_event: Event | None = None
+        self._listener: AsyncTcpServer | None = None
         self._stt_jobs = 0  # transcriptions submitted and not returned
         self._finals = 0  # final transcripts asked for: a partial in the STT thread gives way
 
@@ -170,20 +186,33 @@ class WyomingServer:
         return await asyncio.get_running_loop().run_in_executor(self.tts_thread, work)
 
     # -- serving ---------------------------------------------------------------------------
+    async def start(self, port_flag: str = "--port") -> None:
+        """Listen, the chat model connected (its name is in ``info``). A port that cannot be
+        had is a ConfigError naming ``port_flag``, the flag that chooses another."""
+        o = self.options
+        self.info_event = build_info(self.settings, self.languages(), self.chat.model, o.streaming).event()
+        listener = AsyncTcpServer(o.host, o.port)
+        try:
+            await listener.start(lambda reader, writer: Connection(self, reader, writer))
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot listen on {o.host}:{o.port} for Wyoming ({exc}). Pass another {port_flag}."
+            ) from None
+        self._listener = listener
+
+    async def close(self) -> None:
+        """Stop listening and end every connection (what each was doing is cancelled, an LLM
+        stream closed). Safe to call again."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()  # stops listening; every connection reads the end of its stream
+        await self._close_connections()
+
     async def run(self, stop: asyncio.Event, ready: Callable[[WyomingServer], None] | None = None) -> None:
         o = self.options
         try:
             await self.chat.connect()
-            self.info_event = build_info(
-                self.settings, self.languages(), self.chat.model, o.streaming
-            ).event()
-            server = AsyncTcpServer(o.host, o.port)
-            try:
-                await server.start(lambda reader, writer: Connection(self, reader, writer))
-            except OSError as exc:
-                raise ConfigError(
-                    f"Cannot listen on {o.host}:{o.port} ({exc}). Pass another --port."
-                ) from None
+            await self.start()
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     if o.zeroconf is not None:
@@ -195,12 +224,12 @@ class WyomingServer:
                         ready(self)
                     await stop.wait()
             finally:
-                await server.stop()  # stops listening; every connection reads the end of its stream
-                await self._close_connections()
+                await self.close()
         finally:
             await self.chat.aclose()
-            self.stt_thread.shutdown(wait=False, cancel_futures=True)
-            self.tts_thread.shutdown(wait=False, cancel_futures=True)
+            if self._own_pools:
+                for pool in (self.stt_thread, self.tts_thread):
+                    pool.shutdown(wait=False, cancel_futures=True)
 
     async def _close_connections(self) -> None:
         tasks = list(self.connections)
@@ -274,6 +303,8 @@ class Connection(AsyncEventHandler):
         self._stable: StablePrefix | None = None
         self._partials: asyncio.Task[None] | None = None
         self._text_stream: TextStream | None = None
+        self._session = contextlib.ExitStack()  # the server's session count, from the first request
+        self._counting = False
         self._handlers: dict[str, Callable[[Event], Awaitable[None]]] = {
             "transcribe": self._on_transcribe,
             "audio-start": self._on_audio_start,
@@ -318,8 +349,11 @@ class Connection(AsyncEventHandler):
         finally:
             if task is not None:
                 server.connections.discard(task)
-            await self.disconnect()
-            self.writer.close()
+            try:
+                await self.disconnect()
+            finally:  # cancelled in there too (a server closing), the socket and the count end
+                self.writer.close()
+                self._session.close()
 
     async def disconnect(self) -> None:
         tasks = [t for t in (self._partials, self._worker) if t is not None]
@@ -335,6 +369,7 @@ class Connection(AsyncEventHandler):
             elif Ping.is_type(event.type):
                 await self.write_event(Pong(text=Ping.from_event(event).text).event())
             elif (handler := self._handlers.get(event.type)) is not None:
+                self._count_session()
                 await handler(event)
             else:
                 raise ClientError(
@@ -350,6 +385,13 @@ class Connection(AsyncEventHandler):
             log.exception("a Wyoming event failed")
             await self._error(f"voxloop failed on {event.type!r} ({type(exc).__name__}: {exc}).", "internal")
         return True
+
+    def _count_session(self) -> None:
+        """A request for a program makes this connection a session (describe and ping do not:
+        Home Assistant opens a connection for each, just to see the server is there)."""
+        if self.server.session is not None and not self._counting:
+            self._session.enter_context(self.server.session())
+            self._counting = True
 
     async def _error(self, text: str, code: str) -> None:
         log.info("error event to %s: %s", self.writer.get_extra_info("peername"), text)
@@ -591,6 +633,17 @@ class Connection(AsyncEventHandler):
 
 
 # -- the command ------------------------------------------------------------------------------
+def reached_at(host: str) -> str:
+    """The address Home Assistant reaches a server bound to ``host`` at: on a wildcard bind, the
+    machine's LAN address (when it has one)."""
+    if host in ("0.0.0.0", "::", ""):
+        from voxloop.server.wyoming_zeroconf import lan_address
+
+        with contextlib.suppress(OSError):
+            return lan_address()
+    return host
+
+
 NO_AUTH_WARNING = (
     "warning: Wyoming has no authentication: anyone who can reach {where} can use voxloop's speech "
     "to text, voice and LLM. Bind to loopback (the default) or a network you trust."
@@ -630,16 +683,10 @@ async def _serve(settings: Settings, urls: list[str], options: WyomingOptions, p
     server = WyomingServer(settings, transcriber, synthesizer, make_chat(urls, settings, printer), options)
 
     def ready(s: WyomingServer) -> None:
-        host = options.host
-        if host in ("0.0.0.0", "::", ""):
-            from voxloop.server.wyoming_zeroconf import lan_address
-
-            with contextlib.suppress(OSError):
-                host = lan_address()
         printer.info(
             f"voxloop's Wyoming server listens on tcp://{options.host}:{options.port} (speech to text, "
             f"voice, conversation agent). In Home Assistant: Settings → Devices & services → Add "
-            f"integration → Wyoming Protocol, host {host}, port {options.port}."
+            f"integration → Wyoming Protocol, host {reached_at(options.host)}, port {options.port}."
         )
 
     stop = asyncio.Event()
