@@ -426,6 +426,41 @@ async def test_a_reply_left_alone_speaks_every_piece_even_when_tts_lags(threads)
     assert [e.text for e in emitted if hasattr(e, "first")] == FACTS  # every AudioChunk, in order
 
 
+async def test_a_reply_moves_through_its_lifecycle_once_and_refuses_other_moves(threads):
+    from voxloop.reply import JobState
+
+    spec, _, _, spec_sink, _ = _reply(threads)
+    assert spec.state is JobState.HELD
+    await spec.cancel()  # the user went on
+    await spec.cancel()  # a second call off changes nothing
+    assert spec.state is JobState.CANCELLED and not spec_sink.played_at
+    with pytest.raises(RuntimeError, match="cancelled to committed"):
+        spec.commit()  # a reply called off is never shown or played after all
+    job, _, _, sink, _ = _reply(threads)
+    job.commit()
+    await sink.wait_for(1)
+    spoken = await job.interrupt()
+    assert job.state is JobState.INTERRUPTED and job.interrupted
+    assert await job.interrupt() == spoken  # cut once: a late second cut is a no-op
+    await job.cancel()  # the conversation ending later leaves it interrupted
+    assert job.state is JobState.INTERRUPTED and job.result.sentences == spoken
+
+
+async def test_a_reply_in_text_only_keeps_what_was_shown_when_cut(threads):
+    """A client that asked for text (the Realtime API's output_modalities ["text"]) saw every
+    sentence so far: a cut keeps them all, not the "…" of a reply nobody heard."""
+    chat, sink, emitted = fast_chat(), RecordingSink(), []
+    models = Models(Words("Tell me forty facts."), chat, Voice(seconds=0.0), sink, *threads)
+    job = ReplyJob(models, Conversation(""), LlmSettings(max_tokens=400), _utterance(1.0), emitted.append)
+    job.commit()
+    while len(job.result.sentences) < 5:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the silent voice has been through them
+    kept = await job.interrupt()
+    assert len(kept) >= 5 and kept == FACTS[: len(kept)], kept
+    assert job.result.sentences == kept and not sink.played_at
+
+
 class ScriptedEndpointer:
     """Reports what ``script`` says at each fed block, and notes when each block was fed."""
 
@@ -582,3 +617,37 @@ async def test_an_interrupt_over_the_websocket_stops_the_reply_audio_when_tts_la
     assert chat.closed_early == 1
     # The history keeps what the page had played by then (on its clock): part of the first piece.
     assert done == (spoken or "…") and FACTS[1] not in done
+
+
+@pytest.mark.integration
+async def test_a_pause_mid_phrase_taken_for_the_end_is_one_turn_when_the_user_goes_on_unheard(
+    transcriber, synthesizer
+):
+    """ "I'd like to order." ends the turn after 0.4 s of silence (its words sound finished), and
+    the reply starts; the user goes on 1.2 s into the pause, before any of the reply was heard.
+    The cut turn is taken back: one turn with the whole phrase reaches the LLM, and the history
+    holds no reply the user never heard."""
+    first = spoken_turns(synthesizer, ["I'd like to order."], lead_s=0.5, turn_gap_s=0)[:-8000]
+    rest = spoken_turns(synthesizer, ["A large pizza with mushrooms."], lead_s=0.0)
+    audio = np.concatenate(
+        [first, np.zeros(int(1.2 * 16000), np.float32), rest, np.zeros(16000 * 3, np.float32)]
+    )
+    # A slow server: no reply audio for ~1.2 s after the turn ends.
+    chat = ScriptedChat(
+        ["Sure", ", what", " would you like?"], ["One large mushroom pizza, coming up."], delay_s=0.6
+    )
+    turns, events, _speaker, assistant = await _run(
+        Settings(), transcriber, synthesizer, chat, audio, None, gain=0.0
+    )
+    cut = [e for e in events if isinstance(e, Interrupted)]
+    assert len(cut) == 1 and cut[0].spoken == "", cut  # cut before a word of it was heard
+    assert len(chat.requests) == 2, chat.requests
+    asked = chat.requests[1][-1]["content"].lower()
+    assert "order" in asked and "pizza" in asked and "mushroom" in asked, asked
+    assert [m["role"] for m in chat.requests[1]] == ["system", "user"]  # no unheard reply before it
+    assert [t.assistant for t in turns] == [None, "One large mushroom pizza, coming up."], turns
+    whole = turns[1].user.lower()
+    assert whole.startswith("i'd like to order") and "pizza" in whole, whole
+    assert [(e.user.lower()[:17], e.assistant) for e in assistant.conversation.exchanges] == [
+        ("i'd like to order", "One large mushroom pizza, coming up.")
+    ]

@@ -52,7 +52,7 @@ def test_the_summary_counts_right_cases_and_times_per_kind_and_room():
         _went_on(paused_at_s=2.3, resumed_at_s=3.5),
         _went_on(all_played=False, heard="Okay."),
         _cut(),
-        _cut(flushed_at_s=3.3, new_turn="Whole on"),
+        _cut(flushed_at_s=3.3, new_turn="Whole on", paused_at_s=None, played_after_cut=2),
     ]
     rows = {(r["kind"], r["room"]): r for r in summarize(outcomes, ("kind", "room"))}
     nods, cuts = rows["backchannel", "headphones"], rows["interruption", "speakers+aec"]
@@ -61,6 +61,9 @@ def test_the_summary_counts_right_cases_and_times_per_kind_and_room():
     assert nods["flush_p50_ms"] is None and nods["heard"] == ["Okay."]
     assert (cuts["right"], cuts["total"]) == (1, 2)
     assert cuts["flush_p50_ms"] == pytest.approx(900) and cuts["flush_p95_ms"] == pytest.approx(990)
+    # Quiet at the first hold (30 ms), or at the cut of a reply never held (1000 ms).
+    assert cuts["silence_p50_ms"] == pytest.approx(515) and cuts["silence_p95_ms"] == pytest.approx(951.5)
+    assert cuts["played_after_cut"] == 2 and nods["played_after_cut"] == 0
     result = {
         "engines": ["hibari"],
         "missing": ["festival"],
@@ -70,7 +73,7 @@ def test_the_summary_counts_right_cases_and_times_per_kind_and_room():
     }
     table = interruptions_table(result)
     assert "backchannel   headphones      2/3" in table
-    assert "900 / 990" in table and "not installed: festival" in table
+    assert "900 / 990" in table and "515 / 952" in table and "not installed: festival" in table
     assert (cuts["cut"], nods["cut"]) == (2, 0)
 
 
@@ -104,4 +107,29 @@ def test_a_short_run_judges_an_okay_and_a_stop_over_a_reply_right():
     assert nod["paused_at_s"] is not None and nod["resumed_at_s"] > nod["paused_at_s"]
     assert stop["sound"] == "Stop." and stop["right"], stop
     assert 0 < stop["flushed_at_s"] - stop["onset_s"] <= 1.5
+    assert stop["played_after_cut"] == 0  # nothing of the reply is voiced once it is cut
     assert sum(r["right"] for r in result["summary"]) >= 2
+
+
+def test_endpointing_and_interruptions_run_as_one_benchmark_with_one_report(monkeypatch, capsys):
+    import contextlib
+
+    from voxloop import app
+    from voxloop.bench import endpointing
+
+    monkeypatch.setattr(
+        app, "llm_urls", lambda settings, printer: contextlib.nullcontext(["http://127.0.0.1:9"])
+    )
+    monkeypatch.setattr(
+        endpointing, "run_endpointing", lambda settings, url, finished, pauses, limit, say: {"url": url}
+    )
+    monkeypatch.setattr(
+        interruptions,
+        "run_interruptions",
+        lambda settings, limit, say: {"engines": ["hibari"], "limit": limit},
+    )
+    assert main(["bench", "--endpointing", "--interruptions", "--limit", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "endpointing": {"url": "http://127.0.0.1:9"},
+        "interruptions": {"engines": ["hibari"], "limit": 1},
+    }

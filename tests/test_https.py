@@ -1,7 +1,8 @@
 """`voxloop serve --https`: voxloop's own CA and the server certificate it signs (names, renewal,
 file modes, damaged files), a real server over TLS that a client trusting only that CA reaches
 (page, /health, the WebSocket), and Chromium: the page at a LAN name is a secure context over
-HTTPS (the microphone API exists) and is not one over plain http."""
+HTTPS (the microphone API exists) and is not one over plain http, and a spoken turn completes
+there through the page's microphone."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import ROOT
+from conftest import ROOT, wer
 from test_serve import TOKEN, _chromium, start_serve
+from voxloop.audio.speech import spoken_turns
 from voxloop.errors import ConfigError
 from voxloop.server import tls
 
@@ -333,11 +336,17 @@ class _Page(BaseHTTPRequestHandler):
 
 
 @pytest.mark.integration
+def _pin(served: Served) -> str:
+    """The server certificate's key, as Chromium's ``--ignore-certificate-errors-spki-list``
+    takes it: only that certificate is let through, not any."""
+    leaf = _cert(served.ca.parent / "cert.pem").public_key()
+    spki = leaf.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 def test_chromium_at_a_lan_name_is_a_secure_context_over_https_only(https_server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    leaf = _cert(https_server.ca.parent / "cert.pem").public_key()
-    spki = leaf.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    pin = _pin(https_server)
     plain = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
     threading.Thread(target=plain.serve_forever, daemon=True).start()
     probe = """async () => {
@@ -382,3 +391,42 @@ def test_chromium_at_a_lan_name_is_a_secure_context_over_https_only(https_server
     assert over_http["secure"] is False and over_http["protocol"] == "http:", over_http
     assert over_http["getUserMedia"] == "undefined", over_http
     assert "https://" in refusal, refusal
+
+
+@pytest.mark.integration
+def test_chromium_at_a_lan_name_over_https_hears_a_question_and_plays_the_reply(
+    https_server, synthesizer, tmp_path
+):
+    """A phone's view of it: the page at a LAN name over voxloop's HTTPS takes the (fake)
+    microphone, and a spoken question is transcribed, answered and played."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from voxloop.audio import save_wav
+
+    question = "What is the capital of France?"
+    mic = tmp_path / "mic.wav"
+    speech = spoken_turns(synthesizer, [question])
+    save_wav(mic, np.concatenate([speech, np.zeros(16000 * 8, np.float32)]), 16000)
+    with sync_api.sync_playwright() as p:
+        browser = _chromium(
+            p,
+            "--host-resolver-rules=MAP voice.test 127.0.0.1",
+            f"--ignore-certificate-errors-spki-list={_pin(https_server)}",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}",
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"https://voice.test:{https_server.port}/?token={TOKEN}", timeout=20_000)
+            page.click("#talk")
+            page.wait_for_selector(".user", timeout=60_000)
+            page.wait_for_selector(".ai[data-done='1']", timeout=60_000)
+            page.wait_for_function("Number(document.body.dataset.played || 0) > 12000", timeout=30_000)
+            user = page.inner_text(".user").removeprefix("You: ")
+            reply = page.inner_text(".ai").removeprefix("voxloop: ")
+            secure = page.evaluate("window.isSecureContext")
+        finally:
+            browser.close()
+    assert secure is True
+    assert wer(question, user) <= 0.25, user
+    assert reply.strip(), reply

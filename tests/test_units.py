@@ -757,3 +757,54 @@ async def test_a_transcriber_that_fails_on_one_utterance_ends_only_that_turn(cap
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     errors = [e["message"] for e in out if e["type"] == "error"]
     assert len(errors) == 1 and "cannot decode this chunk" in errors[0]
+
+
+def test_the_recorder_keeps_what_was_heard_and_writes_the_turn_everywhere_once(tmp_path):
+    import json
+
+    import numpy as np
+
+    from voxloop.conversation import Conversation
+    from voxloop.events import ErrorEvent, SpeechEnded, TurnDone
+    from voxloop.recorder import TurnRecorder
+    from voxloop.reply import ReplyResult
+
+    shown: list[object] = []
+    conversation = Conversation("")
+    recorder = TurnRecorder(conversation, tmp_path, 22050, shown.append)
+    speech = SpeechEnded(np.zeros(160, np.float32), 1.0, 2.0, 2.25)
+    whole = ReplyResult(user="Hi?", sentences=["Hello.", "How are you?"], audio=[np.ones(2205, np.float32)])
+    whole.first_sentence_ms = 300.0
+    first = recorder.record(whole, speech, started_audio_s=2.05, first_audio_at_s=2.6, interrupted=False)
+    cut = ReplyResult(user="Go on.", sentences=[])
+    second = recorder.record(cut, speech, started_audio_s=2.25, first_audio_at_s=None, interrupted=True)
+    failed = ReplyResult(user="And then?", sentences=["Then it"], error="the server went away")
+    third = recorder.record(failed, speech, started_audio_s=2.25, first_audio_at_s=2.5, interrupted=False)
+    assert [t.index for t in (first, second, third)] == [1, 2, 3] and recorder.done == [first, second, third]
+    assert first.timings["endpoint_wait_ms"] == pytest.approx(250)
+    assert first.timings["head_start_ms"] == pytest.approx(200)
+    assert first.timings["speech_end_to_first_audio_ms"] == pytest.approx(600)
+    assert first.timings["first_sentence_ms"] == 300.0 and "interrupted" not in first.timings
+    assert second.assistant == "…" and second.interrupted and second.timings["interrupted"] == 1.0
+    assert third.assistant == "Then it …" and third.error == "the server went away"
+    # The history, the log and the events say the same.
+    assert [(e.user, e.assistant) for e in conversation.exchanges] == [
+        ("Hi?", "Hello. How are you?"),
+        ("Go on.", "…"),
+        ("And then?", "Then it …"),
+    ]
+    lines = [json.loads(x) for x in (tmp_path / "conversation.jsonl").read_text().splitlines()]
+    assert [x["assistant"] for x in lines] == ["Hello. How are you?", "…", "Then it …"]
+    assert first.reply_audio == str(tmp_path / "turn-001.wav") and (tmp_path / "turn-001.wav").exists()
+    assert [type(e) for e in shown] == [TurnDone, TurnDone, ErrorEvent, TurnDone]
+    assert "Turn 3 got no complete reply" in shown[2].message  # type: ignore[attr-defined]
+
+
+def test_a_phrase_paused_in_is_joined_whole_again():
+    from voxloop.reply import joined
+
+    assert joined("I'd like to order.", "A large pizza.") == "I'd like to order, a large pizza."
+    assert joined("My number is 012.", "3456.") == "My number is 012, 3456."
+    assert joined("Can you tell me?", "What time it is.") == "Can you tell me? what time it is."
+    assert joined("Remind me to call", "NASA tomorrow.") == "Remind me to call NASA tomorrow."
+    assert joined("So", "I think.") == "So I think."  # "I" stays a capital

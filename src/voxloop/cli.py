@@ -10,13 +10,16 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxloop import __version__
 from voxloop.errors import VoxloopError
 from voxloop.llm.deploy import DEFAULT_PROFILE, PROFILES
 from voxloop.printer import make_printer
 from voxloop.settings import BENCHMARKS, Settings, default_config_path, load_settings
+
+if TYPE_CHECKING:
+    from voxloop.server.wyoming import WyomingOptions
 
 log = logging.getLogger("voxloop")
 
@@ -123,6 +126,8 @@ def _served_llm_flags(p: argparse.ArgumentParser, system: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from voxloop.bench.sessions import DEFAULT_PROTOCOLS, DEFAULT_ROUNDS, PROTOCOLS
+
     defaults = Settings()  # the help states the settings' own defaults, so the two cannot drift
     parser = argparse.ArgumentParser(
         prog="voxloop", description="A real-time, fully offline voice assistant."
@@ -213,11 +218,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--llm-model", metavar="NAME", help="model name on the server")
     _preset_flag(bench)
-    bench.add_argument("--limit", type=int, metavar="N", help="only the first N recordings")
+    bench.add_argument(
+        "--limit", type=int, metavar="N",
+        help="only the first N recordings (with --sessions: N rounds at each level, default "
+        f"{DEFAULT_ROUNDS})",
+    )  # fmt: skip
     bench.add_argument("--plot", metavar="OUT.png", help="draw the per-stage comparison")
     bench.add_argument(
         "--sessions", metavar="N,N,…",
         help="instead: N clients at once against one `voxloop serve` (e.g. 1,2,4,8), first-audio latency",
+    )  # fmt: skip
+    bench.add_argument(
+        "--protocols", metavar="NAME,NAME,…",
+        help=f"with --sessions: the clients' protocols, taken in turn ({', '.join(PROTOCOLS)}; "
+        f"default {DEFAULT_PROTOCOLS[0]}); the latencies per protocol, at the same load",
     )  # fmt: skip
     bench.add_argument(
         "--no-reference", action="store_true", help="voxloop only (to compare voxloop's own settings)"
@@ -253,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--endpointing", action="store_true",
         help="instead: endpoint wait on finished questions, cut-offs on mid-phrase pauses "
-        "(benchmarks/pauses) and first audio, with the turn model on and off",
+        "(benchmarks/pauses) and first audio, with the turn model on and off (with "
+        "--interruptions: both in one run)",
     )  # fmt: skip
     bench.add_argument(
         "--interruptions", action="store_true",
@@ -291,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     srv.add_argument("--cert", metavar="FILE", help="with --https: a PEM certificate (chain) of your own")
     srv.add_argument("--key", metavar="FILE", help="with --https: the unencrypted PEM private key of --cert")
+    _wyoming_flag(srv)
     _served_llm_flags(srv, "system prompt")
     _tools_flag(srv)
     _common(srv)
@@ -306,6 +322,16 @@ def _parser() -> argparse.ArgumentParser:
     _preset_flag(doctor)
     _common(doctor)
     return parser
+
+
+def _wyoming_flag(p: argparse.ArgumentParser) -> None:
+    from voxloop.server.wyoming import DEFAULT_PORT
+
+    p.add_argument(
+        "--wyoming", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
+        help=f"also serve Home Assistant's Wyoming protocol on PORT (default {DEFAULT_PORT}) at --host, "
+        "on the same models; Wyoming has no authentication: the token does not cover it",
+    )  # fmt: skip
 
 
 def _wyoming_parser(sub: Any) -> None:
@@ -467,6 +493,12 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.bench import DEFAULT_SET, run_bench, table, to_json
     from voxloop.printer import HumanPrinter
 
+    if args.protocols and not args.sessions:
+        from voxloop.errors import ConfigError
+
+        raise ConfigError(
+            "--protocols goes with --sessions: e.g. --sessions 1,2 --protocols voxloop,wyoming."
+        )
     if args.load:
         return _bench_load(args, settings)
     if args.quality:
@@ -477,10 +509,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         return _bench_long(args, settings)
     if args.stt:
         return _bench_stt(args, settings)
-    if args.endpointing:
-        return _bench_endpointing(args, settings)
-    if args.interruptions:
-        return _bench_interruptions(args, settings)
+    if args.endpointing or args.interruptions:
+        return _bench_turn_taking(args, settings)
     folder = _bench_set(args, "set", DEFAULT_SET)
     if args.sessions:
         return _bench_sessions(args, settings, folder)
@@ -525,28 +555,32 @@ def _bench_quality(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _bench_endpointing(args: argparse.Namespace, settings: Settings) -> int:
+def _bench_turn_taking(args: argparse.Namespace, settings: Settings) -> int:
+    """``--endpointing`` and/or ``--interruptions``; with both, one run and one report: when a
+    turn ends, and what a sound over the reply does to it."""
     from voxloop.app import llm_urls
     from voxloop.bench import DEFAULT_SET
     from voxloop.bench.endpointing import DEFAULT_PAUSE_SET, endpointing_table, run_endpointing
-    from voxloop.printer import HumanPrinter
-
-    finished = _bench_set(args, "set", DEFAULT_SET)
-    local = Path("benchmarks") / "pauses"
-    pauses = local if local.is_dir() else DEFAULT_PAUSE_SET
-    printer = HumanPrinter()
-    with llm_urls(settings, printer) as urls:
-        result = run_endpointing(settings, urls[0], finished, pauses, args.limit, printer.info)
-    print(json.dumps(result, default=str) if settings.output.json else endpointing_table(result))
-    return 0
-
-
-def _bench_interruptions(args: argparse.Namespace, settings: Settings) -> int:
     from voxloop.bench.interruptions import interruptions_table, run_interruptions
     from voxloop.printer import HumanPrinter
 
-    result = run_interruptions(settings, args.limit, HumanPrinter().info)
-    print(json.dumps(result) if settings.output.json else interruptions_table(result))
+    printer = HumanPrinter()
+    results: dict[str, dict[str, Any]] = {}
+    if args.endpointing:
+        finished = _bench_set(args, "set", DEFAULT_SET)
+        local = Path("benchmarks") / "pauses"
+        pauses = local if local.is_dir() else DEFAULT_PAUSE_SET
+        with llm_urls(settings, printer) as urls:
+            results["endpointing"] = run_endpointing(
+                settings, urls[0], finished, pauses, args.limit, printer.info
+            )
+    if args.interruptions:  # a scripted reply: no LLM needed
+        results["interruptions"] = run_interruptions(settings, args.limit, printer.info)
+    if settings.output.json:  # one benchmark: its own object, as before; both: one object of two
+        print(json.dumps(results if len(results) > 1 else next(iter(results.values())), default=str))
+    else:
+        tables = {"endpointing": endpointing_table, "interruptions": interruptions_table}
+        print("\n\n".join(tables[name](result) for name, result in results.items()))
     return 0
 
 
@@ -606,14 +640,25 @@ def _bench_load(args: argparse.Namespace, settings: Settings) -> int:
 
 def _bench_sessions(args: argparse.Namespace, settings: Settings, folder: Path) -> int:
     from voxloop.app import llm_urls, serving
-    from voxloop.bench.sessions import run_sessions, sessions_table
+    from voxloop.bench.sessions import parse_protocols, run_sessions, sessions_table
     from voxloop.printer import HumanPrinter
 
     levels = _levels(args.sessions, "--sessions")
+    protocols = parse_protocols(args.protocols)
+    rounds = _rounds(args.limit)
     with llm_urls(serving(settings), HumanPrinter()) as urls:
-        rows = run_sessions(urls, folder, levels)
+        rows = run_sessions(urls, folder, levels, protocols, rounds)
     print(json.dumps(rows) if settings.output.json else sessions_table(rows))
     return 0
+
+
+def _rounds(limit: int | None) -> int:
+    from voxloop.bench.sessions import DEFAULT_ROUNDS
+    from voxloop.errors import ConfigError
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit takes a whole number of at least 1 (got {limit}).")
+    return limit or DEFAULT_ROUNDS
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -624,6 +669,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # The certificate before the LLM: a wrong --cert or --key is told at once.
     tls = tls_files(args.https, args.cert, args.key, args.host, args.allow_host)
+    wyoming = _serve_wyoming(args)
     printer = HumanPrinter()
     with stop_on_sigterm(), llm_urls(serving(settings), printer) as urls:
         serve(
@@ -636,8 +682,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             printer.info,
             allowed_hosts=tuple(args.allow_host),
             tls=tls,
+            wyoming=wyoming,
         )
     return 0
+
+
+def _serve_wyoming(args: argparse.Namespace) -> WyomingOptions | None:
+    """`serve --wyoming [PORT]`: the Wyoming server at --host, on PORT."""
+    from voxloop.errors import ConfigError
+    from voxloop.server.wyoming import WyomingOptions
+
+    if args.wyoming is None:
+        return None
+    if not 0 < args.wyoming < 65536:
+        raise ConfigError(f"--wyoming takes a port from 1 to 65535 (got {args.wyoming}).")
+    if args.wyoming == args.serve_port:
+        raise ConfigError(f"--wyoming {args.wyoming} is the page's --port too; pass another port to either.")
+    return WyomingOptions(host=args.host, port=args.wyoming)
 
 
 def cmd_wyoming(args: argparse.Namespace, settings: Settings) -> int:

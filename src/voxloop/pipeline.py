@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from voxloop.audio import save_wav
 from voxloop.audio.aec import EchoCanceller
 from voxloop.audio.sink import AudioSink
 from voxloop.audio.sources import AudioSource
-from voxloop.conversation import Conversation, ConversationLog, Exchange
+from voxloop.conversation import Conversation, Exchange
 from voxloop.events import (
     ErrorEvent,
     Interrupted,
@@ -42,6 +41,7 @@ from voxloop.events import (
 from voxloop.floor import Floor, FloorState
 from voxloop.llm import ChatModel
 from voxloop.printer import Printer
+from voxloop.recorder import TurnRecorder
 from voxloop.reply import Models, ReplyJob, sounds_finished
 from voxloop.settings import Settings
 from voxloop.stt import Transcriber
@@ -57,6 +57,7 @@ from voxloop.vad.turn import TurnAware, TurnModel, shared_turn_model, words_fini
 log = logging.getLogger(__name__)
 
 PARTIAL_EVERY_S = 1.0
+SAME_ONSET_S = 0.05  # a voice's onset and its utterance's start are the same step of the VAD
 # What a listener says to show they follow, not to take the turn.
 _BACKCHANNEL = frozenset(
     [
@@ -132,10 +133,10 @@ class Assistant:
         self.interim = interim  # interim transcripts on their own model, else on the STT thread
         self.conversation = Conversation(settings.system_prompt)
         out = settings.output.output_dir
-        self.output_dir = Path(out) if out else None
-        self.log = ConversationLog(self.output_dir) if self.output_dir else None
-        self.turns = 0
-        self.done: list[TurnDone] = []
+        # Each finished turn's history, WAV, conversation.jsonl line and TurnDone.
+        self.recorder = TurnRecorder(
+            self.conversation, Path(out) if out else None, synthesizer.sample_rate, printer.emit
+        )
         self._spec: ReplyJob | None = None  # answering a pause that may not be the end
         self._last_turn: asyncio.Task[TurnDone | None] | None = None
         self._speaking: ReplyJob | None = None  # the committed reply, while it is generated or heard
@@ -153,6 +154,12 @@ class Assistant:
         # over it is judged (voiced ``interrupt_ms``, or words that are more than a backchannel)
         # an interruption, or it goes on.
         self._floor = Floor(sink)
+        # A reply cut before any of it was heard, because the user went on talking (a pause
+        # mid-phrase taken for the end): its words are said again with the turn that went on,
+        # as one turn ("I'd like to order, a large pizza"), and the cut turn is kept out of the
+        # history. (job, onset of the voice that went on), then (that onset, the words).
+        self._unheard: tuple[ReplyJob, float] | None = None
+        self._carry: tuple[float, str] | None = None
         self.timers = Timers(self._ring)
         self.toolbox = Toolbox()  # chosen in run(), once the model is known
         self._notices: set[asyncio.Task[None]] = set()  # timers ringing, being voiced
@@ -228,10 +235,11 @@ class Assistant:
                     notice.cancel()
                 await asyncio.gather(*self._notices, return_exceptions=True)
         await self.sink.drain()
-        return self.done
+        return self.recorder.done
 
-    async def interrupt(self, at_s: float = 0.0) -> bool:
-        """Barge-in: stop the reply being spoken where it is heard. False if none was."""
+    async def interrupt(self, at_s: float = 0.0, went_on: bool = False) -> bool:
+        """Barge-in: stop the reply being spoken where it is heard. False if none was.
+        ``went_on``: the user's voice starting at ``at_s`` cut it (not a client's request)."""
         speaking = self._speaking
         if speaking is None or (speaking.task.done() and not self.sink.busy()):
             return False
@@ -239,6 +247,8 @@ class Assistant:
         self._floor.cut()  # the flush ends the pause
         spoken = await speaking.interrupt()
         self.printer.emit(Interrupted(at_s=at_s, spoken=" ".join(spoken)))
+        if went_on and not spoken and len(speaking.speech.audio):
+            self._unheard = (speaking, at_s)  # its turn is taken back when it completes
         return True
 
     def _full_duplex(self, source: AudioSource) -> bool:
@@ -265,7 +275,7 @@ class Assistant:
         (a cough, a click) lets the reply go on where it was. A short turn ("uh-huh") is judged
         by its words when it ends (:meth:`_on_event`)."""
         if endpointer.voiced_ms >= self.settings.vad.interrupt_ms:
-            await self.interrupt(self._floor.cut())
+            await self.interrupt(self._floor.cut(), went_on=True)
         elif endpointer.voiced_ms == 0 and self._spec is None:
             self._floor.release("a sound too short to be a turn")
 
@@ -293,7 +303,7 @@ class Assistant:
                     # over someone talking.
                     self._floor.judge(event.at_s)
                 else:
-                    await self.interrupt(event.at_s)
+                    await self.interrupt(event.at_s, went_on=True)
             if self._t0 is not None and (self._speaking is None or self._speaking.task.done()):
                 self._prefill("")  # the history with the last reply, while the user talks
             return
@@ -302,7 +312,9 @@ class Assistant:
             # With the turn model, words that sound finished may end the turn 0.2 s into the
             # pause: the stricter reading, where "…a recipe for?" is not finished.
             finished = sounds_finished if self._turn_model is None else words_finished
-            self._spec = self._start_job(event, on_words=lambda text: endpointer.hint(finished(text)))
+            self._spec = self._start_job(
+                event, on_words=lambda text: endpointer.hint(finished(text)), lead=self._lead_for(event)
+            )
             if self._turn_model is not None and isinstance(endpointer, TurnAware):
                 # Beside the reply's STT, in the model's own thread; one pause at a time.
                 if self._turn_check is not None and not self._turn_check.done():
@@ -323,16 +335,16 @@ class Assistant:
         job = spec if spec is not None and spec.speech.utterance == event.utterance else None
         if job is None:
             await self._cancel_spec()
-            job = self._start_job(event)
+            job = self._start_job(event, lead=self._lead_for(event))
         self._spec = None
         if self._floor.judging:
             # A short turn over the reply: "uh-huh", "okay" let it go on; anything else stops it.
             await job.transcribed.wait()
-            if is_backchannel(job.result.user):
+            if is_backchannel(job.words):
                 await job.cancel()
-                self._floor.release(f"a backchannel ({job.result.user!r})")
+                self._floor.release(f"a backchannel ({job.words!r})")
                 return
-            await self.interrupt(self._floor.cut())
+            await self.interrupt(self._floor.cut(), went_on=True)
         if self.on_commit is not None:
             self.on_commit(job)
         job.commit()
@@ -371,7 +383,11 @@ class Assistant:
         return job
 
     def _start_job(
-        self, speech: SpeechEnded, on_words: Callable[[str], None] | None = None, models: Models | None = None
+        self,
+        speech: SpeechEnded,
+        on_words: Callable[[str], None] | None = None,
+        models: Models | None = None,
+        lead: Callable[[], str] | None = None,
     ) -> ReplyJob:
         return ReplyJob(
             models or self.models,
@@ -384,7 +400,19 @@ class Assistant:
             warming=self._warming,
             toolbox=self.toolbox,
             filler=self.settings.tools.filler,
+            lead=lead,
         )
+
+    def _lead_for(self, speech: SpeechEnded) -> Callable[[], str]:
+        """The words a turn taken back left for this utterance: only for the utterance whose
+        voice cut that turn (read by the job once the turn before it is recorded)."""
+
+        def lead() -> str:
+            if self._carry is None or abs(speech.start_s - self._carry[0]) > SAME_ONSET_S:
+                return ""
+            return self._carry[1]
+
+        return lead
 
     def _ring(self, text: str) -> None:
         """A timer rang: voice the notice now, after any reply still playing."""
@@ -482,53 +510,16 @@ class Assistant:
         if not r.user:
             log.info("no words in %.2f s of audio; not a turn", final.duration_s)
             return None
-        self.turns += 1
-        index = self.turns
-        timings = {
-            "endpoint_wait_ms": (final.endpoint_at_s - final.end_s) * 1000,
-            "stt_ms": r.stt_ms,
-            "llm_total_ms": r.llm_total_ms,
-            "tts_ms": r.tts_ms,
-            "head_start_ms": max(0.0, (final.endpoint_at_s - job.started_audio_s) * 1000),
-        }
-        if r.llm_first_token_ms is not None:
-            timings["llm_first_token_ms"] = r.llm_first_token_ms
-        if r.first_sentence_ms is not None:
-            timings["first_sentence_ms"] = r.first_sentence_ms
-        if r.first_tts_ms is not None:
-            timings["first_tts_ms"] = r.first_tts_ms
         ready = None
         if r.first_audio_wall is not None:
             ready = max(self._audio_time(job, r.first_audio_wall), final.endpoint_at_s)
-            timings["speech_end_to_first_audio_ms"] = (ready - final.end_s) * 1000
-        assistant = " ".join(r.sentences)
-        if job.interrupted:
-            timings["interrupted"] = 1.0
-            assistant = assistant or "…"
-        if r.error:
-            self.printer.emit(ErrorEvent(f"Turn {index} got no complete reply: {r.error}"))
-            # What was already said stays, marked as cut, in the history and the log.
-            assistant = f"{assistant} …" if assistant else ""
-        audio_path = None
-        if assistant:
-            self.conversation.add(r.user, assistant, tuple(r.steps))
-            if self.output_dir is not None and r.audio:
-                wav = self.output_dir / f"turn-{index:03d}.wav"
-                audio_path = str(save_wav(wav, np.concatenate(r.audio), self.synthesizer.sample_rate))
-        turn = TurnDone(
-            index=index,
-            user=r.user,
-            assistant=assistant or None,
-            reply_audio=audio_path,
-            timings=timings,
-            error=r.error,
-            interrupted=job.interrupted,
-            speech_end_s=final.end_s,
-            first_audio_at_s=ready,
-            tools=tuple(r.tools),
-        )
-        if self.log is not None:
-            self.log.append(turn.to_dict())
-        self.printer.emit(turn)
-        self.done.append(turn)
-        return turn
+        taken_back = False
+        if self._unheard is not None and self._unheard[0] is job:
+            onset, self._unheard = self._unheard[1], None
+            # Nothing of the reply was heard and nothing was done for it (no tool ran): the
+            # user only paused, so their words go on into the next turn.
+            taken_back = not (r.tools or r.error)
+            if taken_back:
+                log.info("the user went on before hearing a reply to %r: one turn with what follows", r.user)
+                self._carry = (onset, r.user)
+        return self.recorder.record(r, final, job.started_audio_s, ready, job.interrupted, taken_back)

@@ -5,6 +5,11 @@ A job started on a pause that turns out not to be the end (the user goes on) is 
 LLM stream is closed, which stops generation on the server, and nothing of it was shown or
 played. A committed job releases what it held at once and streams the rest as it comes.
 
+A job's lifecycle is one :class:`JobState`, changed only by ``ReplyJob._to``, which checks the
+transition: HELD (answering a pause that may not be the end: nothing shown or played), then
+COMMITTED (the turn's reply) or CANCELLED (the user went on); a committed reply ends as it ran,
+or INTERRUPTED (talked over: stopped where it was heard) or CANCELLED (the conversation ended).
+
 A job owns its three tasks: the writer (STT, then the LLM stream cut into sentences), the speaker
 (TTS, one sentence after another) and the player (into the sink). Only the job cancels them, all
 at once: a fast LLM runs ahead of a CPU TTS, and a reply called off must drop that backlog, not
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
 import time
@@ -74,6 +80,20 @@ def sounds_finished(text: str) -> bool:
     return bool(words) and words[-1].lower().strip(",'\"") not in _UNFINISHED
 
 
+def joined(lead: str, words: str) -> str:
+    """A phrase the user paused in, whole again: "I'd like to order." + "A large pizza." ->
+    "I'd like to order, a large pizza." (Whisper closes each part as a sentence)."""
+    lead = lead.strip()
+    if lead.endswith("."):
+        lead = lead[:-1].rstrip() + ","
+    first = words.split(maxsplit=1)[0] if words.strip() else ""
+    plain = first[:1].isupper() and first[1:] == first[1:].lower()  # "A", "What"; not "NASA"
+    if plain and first.rstrip(".,!?") != "I" and not first.startswith("I'"):
+        words = words.lstrip()
+        words = words[0].lower() + words[1:]
+    return f"{lead} {words}"
+
+
 @dataclass
 class Models:
     """The shared, loaded stages a reply runs on, with the threads they run in."""
@@ -103,6 +123,22 @@ class ReplyResult:
     llm_total_ms: float = 0.0
 
 
+class JobState(enum.Enum):
+    HELD = "held"  # answering a pause that may not be the end: its events are held back
+    COMMITTED = "committed"  # the turn's reply: shown, played and streamed as it comes
+    INTERRUPTED = "interrupted"  # talked over: stopped where it was heard (final)
+    CANCELLED = "cancelled"  # called off: nothing more of it is voiced or played (final)
+
+
+_JOB_NEXT = {
+    JobState.HELD: {JobState.COMMITTED, JobState.CANCELLED},
+    JobState.COMMITTED: {JobState.INTERRUPTED, JobState.CANCELLED},
+    JobState.INTERRUPTED: set(),
+    JobState.CANCELLED: set(),
+}
+STOPPED = (JobState.INTERRUPTED, JobState.CANCELLED)
+
+
 class ReplyJob:
     def __init__(
         self,
@@ -116,6 +152,7 @@ class ReplyJob:
         warming: asyncio.Task[None] | None = None,
         toolbox: Toolbox | None = None,
         filler: str = "",
+        lead: Callable[[], str] | None = None,
     ) -> None:
         self.models = models
         self.toolbox = toolbox  # the tools the model may call (None or empty: none)
@@ -127,26 +164,39 @@ class ReplyJob:
         self._after = after  # the previous turn: its reply must be in the history first
         self._on_words = on_words
         self._warming = warming  # a prefill of the server's prompt cache, still running maybe
+        # Words of a turn the user went on from before hearing any reply to it: this turn says
+        # them again, first (read once the turn before has been recorded).
+        self._lead = lead
+        self.words = ""  # what this utterance itself said (``result.user`` may have a lead)
         self.started_wall = time.perf_counter()
         self.started_audio_s = speech.endpoint_at_s
         self.result = ReplyResult()
-        self.committed = False
+        self.state = JobState.HELD  # read by the STT thread too: a stopped job skips its decoder
         self._held: list[Event] = []
         self.transcribed = asyncio.Event()
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()  # for the TTS, in order
         self._playback: asyncio.Queue[tuple[str, np.ndarray] | None] = asyncio.Queue()
         self._spans: list[tuple[str, int, int]] = []  # sentence, sink samples [start, end)
-        self.interrupted = False
-        self.cancelled = False  # read by the STT thread: a cancelled job skips its decoder
+        self._silent = 0  # sentences the synthesizer gave no audio for (a reply in text only)
         self._player = asyncio.create_task(self._play())
         self._speaker = asyncio.create_task(self._speak())
         self.task = asyncio.create_task(self._run())  # done once every sentence is voiced
         self._tasks = (self._player, self._speaker, self.task)  # children first
 
     # -- control --------------------------------------------------------------------------------
+    @property
+    def interrupted(self) -> bool:
+        return self.state is JobState.INTERRUPTED
+
+    def _to(self, state: JobState) -> None:
+        if state not in _JOB_NEXT[self.state]:
+            raise RuntimeError(f"a reply cannot go from {self.state.value} to {state.value}")
+        log.debug("reply %s: %s -> %s", self.speech.utterance, self.state.value, state.value)
+        self.state = state
+
     def commit(self) -> None:
         """The pause was the end of the turn: show and play everything held, then stream."""
-        self.committed = True
+        self._to(JobState.COMMITTED)
         held, self._held = self._held, []
         for event in held:
             self._deliver(event)
@@ -154,15 +204,23 @@ class ReplyJob:
     async def cancel(self) -> None:
         """The user went on (or interrupted): stop everything at once, closing the LLM stream.
         Sentences still waiting for the TTS are dropped, never voiced."""
+        if self.state not in STOPPED:
+            self._to(JobState.CANCELLED)
         self._stop()
         await self._reap()
 
     async def interrupt(self) -> list[str]:
         """The user talked over this reply: stop it where it is heard; return what was said."""
-        self.interrupted = True
+        if self.state in STOPPED:  # stopped already (the conversation ended): nothing to cut
+            return list(self.result.sentences)
+        self._to(JobState.INTERRUPTED)
         self._stop()  # first: nothing more can reach the sink once it is flushed
         sink = self.models.sink
         sink.flush()
+        if self._silent and not self._spans:
+            # A reply in text only (a client that asked for no audio): what was shown is kept.
+            await self._reap()
+            return list(self.result.sentences)
         heard = sink.played_total
         spoken = []
         for sentence, start, end in self._spans:
@@ -180,7 +238,6 @@ class ReplyJob:
         return spoken
 
     def _stop(self) -> None:
-        self.cancelled = True
         for task in self._tasks:
             task.cancel()
 
@@ -218,7 +275,7 @@ class ReplyJob:
             await sink.play(samples)
 
     def _out(self, event: Event) -> None:
-        if self.committed:
+        if self.state is JobState.COMMITTED:
             self._deliver(event)
         else:
             self._held.append(event)
@@ -246,10 +303,11 @@ class ReplyJob:
         r.user = await loop.run_in_executor(
             self.models.stt_thread,
             functools.partial(
-                self.models.transcriber.transcribe, self.speech.audio, stop=lambda: self.cancelled
+                self.models.transcriber.transcribe, self.speech.audio, stop=lambda: self.state in STOPPED
             ),
         )
         r.stt_ms = (time.perf_counter() - t0) * 1000
+        self.words = r.user
         self.transcribed.set()
         if self._on_words is not None:
             self._on_words(r.user)
@@ -259,6 +317,8 @@ class ReplyJob:
         if self._after is not None:
             # Shielded: calling this job off must not call off the turn before it.
             await asyncio.shield(self._after)
+        if self._lead is not None and (lead := self._lead()):
+            r.user = joined(lead, r.user)
         if self.toolbox and (intent := heard_intent(r.user, set(self.toolbox.tools))):
             await self._act(intent)  # a plain request for a built-in action: no model needed
             return
@@ -426,6 +486,7 @@ class ReplyJob:
             if r.first_tts_ms is None:
                 r.first_tts_ms = (time.perf_counter() - t0) * 1000
             if not len(samples):
+                self._silent += 1
                 continue
             if r.first_audio_wall is None:
                 r.first_audio_wall = time.perf_counter()

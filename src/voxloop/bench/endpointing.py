@@ -11,7 +11,9 @@ after the other, so both see the same machine:
   split in two (ended in the short gap between their sentences);
 - mid-phrase pauses (``benchmarks/pauses``, made by ``benchmarks/make_pause_set.py``: pauses
   of 0.5-1.5 s inside a phrase, several voices): the share of pauses that ended the turn
-  (false cut-offs), and the endpoint wait once those utterances do end.
+  (false cut-offs), how many utterances still reached the LLM whole (a turn cut at a pause and
+  gone on from before its reply was heard is taken back and joined to the rest), and the
+  endpoint wait once those utterances do end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from voxloop.audio.decode import load_audio
 from voxloop.audio.sink import NullSink
 from voxloop.audio.sources import RealtimeSource
 from voxloop.bench import Bench, load_set, percentile
+from voxloop.bench.score import wer
 from voxloop.errors import ConfigError
 from voxloop.events import SpeechEnded, TurnDone
 from voxloop.llm.openai_http import OpenAIChat
@@ -40,6 +43,7 @@ from voxloop.vad.turn import shared_turn_model
 
 DEFAULT_PAUSE_SET = BENCHMARKS / "pauses"
 CONFIGS = (("turn model", True), ("silence + words", False))
+WHOLE_WER = 0.25  # the last turn's words against the whole phrase: "heard", as bench --quality says
 EARLY_S = 0.3  # a VAD end this long before a turn's true end still belongs to it
 LATE_S = 0.6  # ...and this long after it
 
@@ -151,8 +155,9 @@ def _finished(runs: list[Played]) -> dict[str, Any]:
 
 
 def _pauses(runs: list[Played]) -> dict[str, Any]:
-    """False cut-offs: pauses inside a phrase at which the turn ended."""
-    pauses = cut = 0
+    """False cut-offs: pauses inside a phrase at which the turn ended; and the utterances whose
+    last turn still held the whole phrase (a cut the user went on from unheard is taken back)."""
+    pauses = cut = whole = 0
     cut_at: list[str] = []
     waits: list[float] = []
     for run in runs:
@@ -167,12 +172,15 @@ def _pauses(runs: list[Played]) -> dict[str, Any]:
         last = [e for e in run.ends if truth["end_s"] - EARLY_S <= e[0] <= truth["end_s"] + LATE_S]
         if last:
             waits.append((last[-1][1] - last[-1][0]) * 1000)
+        answered = [d for d in run.done if truth["end_s"] - EARLY_S <= d["end_s"] <= truth["end_s"] + LATE_S]
+        whole += bool(answered) and wer(truth["text"], answered[-1]["user"]) <= WHOLE_WER
     return {
         "recordings": len(runs),
         "pauses": pauses,
         "cut": cut,
         "cut_rate": cut / pauses if pauses else float("nan"),
         "cut_at": cut_at,
+        "answered_whole": whole,
         "end_wait_p50_ms": percentile(waits, 0.5),
         "end_wait_p95_ms": percentile(waits, 0.95),
     }
@@ -239,6 +247,8 @@ def endpointing_table(result: dict[str, Any]) -> str:
     rows.append(("finished turns split in two", [f"{f['split']} of {f['turns']}" for f in fin]))
     rows.append(("mid-phrase pauses cut (false cut-offs)",
                  [f"{p['cut']} of {p['pauses']} ({100 * p['cut_rate']:.1f}%)" for p in pau]))  # fmt: skip
+    rows.append(("mid-phrase utterances answered whole",
+                 [f"{p.get('answered_whole', 0)} of {p['recordings']}" for p in pau]))  # fmt: skip
     rows.append(("mid-phrase utterances: endpoint wait (ms)",
                  [pair(p["end_wait_p50_ms"], p["end_wait_p95_ms"]) for p in pau]))  # fmt: skip
     rows.append(("turn model check (ms, p50 / p95)",

@@ -37,7 +37,7 @@ from voxloop.audio.sources import BLOCK
 from voxloop.audio.speech import trim_silence
 from voxloop.bench import percentile
 from voxloop.bench.score import normalize
-from voxloop.events import Interrupted, Transcript
+from voxloop.events import AudioChunk, Interrupted, Transcript
 from voxloop.pipeline import Assistant
 from voxloop.printer import CollectingPrinter
 from voxloop.settings import Settings, TtsSettings
@@ -242,6 +242,8 @@ class Outcome:
     resumed_at_s: float | None = None
     flushed_at_s: float | None = None
     interrupted: bool = False  # an Interrupted event
+    # Pieces of the scripted reply voiced after its Interrupted event: a cut that kept talking.
+    played_after_cut: int = 0
     all_played: bool = False  # every queued sample of the reply was played
     heard: str = ""  # what Whisper made of the sound (its longest transcription)
     new_turn: str | None = None  # the turn after the interrupted reply
@@ -306,7 +308,7 @@ async def play_case(models: _Models, settings: Settings, sound: Sound, room: Roo
     def settled() -> bool:
         if any(isinstance(e, Interrupted) for e in printer.events):
             return len(transcripts()) >= 2  # the new turn has been heard
-        return bool(assistant.done) and not speaker.busy()  # the reply has played to its end
+        return bool(assistant.recorder.done) and not speaker.busy()  # the reply has played to its end
 
     scene = Scene(sound.samples, speaker, room, settled)
     running = asyncio.create_task(assistant.run(scene))
@@ -329,6 +331,11 @@ async def play_case(models: _Models, settings: Settings, sound: Sound, room: Roo
         out.resumed_at_s = next((t for t in speaker.resumed_at_s if t >= paused[0]), None)
     out.flushed_at_s = speaker.flushed_at_s[0] if speaker.flushed_at_s else None
     out.interrupted = any(isinstance(e, Interrupted) for e in printer.events)
+    if out.interrupted:
+        cut = next(i for i, e in enumerate(printer.events) if isinstance(e, Interrupted))
+        out.played_after_cut = sum(
+            isinstance(e, AudioChunk) and e.text.strip() in REPLY for e in printer.events[cut + 1 :]
+        )
     out.all_played = speaker.played_total == speaker.queued_total
     out.new_turn = done[1].user if len(done) > 1 else None
     return out
@@ -393,6 +400,12 @@ def summarize(outcomes: Sequence[Outcome], by: tuple[str, ...]) -> list[dict[str
             for o in group
             if o.flushed_at_s is not None and o.onset_s is not None
         ]
+        # The reply goes quiet at its first hold (or at the cut, if it was never held).
+        quiet = [
+            (min(t for t in (o.paused_at_s, o.flushed_at_s) if t is not None) - o.onset_s) * 1000
+            for o in group
+            if o.onset_s is not None and (o.paused_at_s is not None or o.flushed_at_s is not None)
+        ]
         rows.append(
             dict(zip(by, key, strict=True))
             | {
@@ -403,6 +416,9 @@ def summarize(outcomes: Sequence[Outcome], by: tuple[str, ...]) -> list[dict[str
                 "resume_p50_ms": _ms(resume, 0.5),
                 "flush_p50_ms": _ms(flush, 0.5),
                 "flush_p95_ms": _ms(flush, 0.95),
+                "silence_p50_ms": _ms(quiet, 0.5),
+                "silence_p95_ms": _ms(quiet, 0.95),
+                "played_after_cut": sum(o.played_after_cut for o in group),
                 "heard": sorted({o.heard for o in group if o.heard}),
             }
         )
@@ -410,22 +426,26 @@ def summarize(outcomes: Sequence[Outcome], by: tuple[str, ...]) -> list[dict[str
 
 
 def interruptions_table(result: dict[str, Any]) -> str:
-    """Right / total per kind and room (held: paused by it; cut: flushed), the times, then each
-    sound with what Whisper made of it."""
+    """Right / total per kind and room (held: paused by it; cut: flushed), the times (to the
+    reply's silence, to its cut, of a hold until it went on), the reply's pieces voiced after a
+    cut (0 unless barge-in is broken), then each sound with what Whisper made of it."""
 
     def ms(value: float | None) -> str:
         return "—" if value is None else f"{value:.0f}"
 
     lines = [
         f"{'kind':<14}{'room':<14}{'right':>7}{'held':>6}{'cut':>5}"
-        f"{'resume p50 (ms)':>17}{'onset-to-flush p50 / p95 (ms)':>32}"
+        f"{'resume p50 (ms)':>17}{'onset-to-silence p50 / p95':>28}{'onset-to-flush p50 / p95':>26}"
+        f"{'played after cut':>18}"
     ]
     for r in result["summary"]:
         cuts = r["kind"] == "interruption"
         flush = f"{ms(r['flush_p50_ms'])} / {ms(r['flush_p95_ms'])}" if cuts else "—"
+        quiet = f"{ms(r.get('silence_p50_ms'))} / {ms(r.get('silence_p95_ms'))}"
+        after = str(r.get("played_after_cut", 0)) if cuts else "—"
         lines.append(
             f"{r['kind']:<14}{r['room']:<14}{r['right']:>3}/{r['total']:<3}{r['held']:>6}{r['cut']:>5}"
-            f"{'—' if cuts else ms(r['resume_p50_ms']):>17}{flush:>32}"
+            f"{'—' if cuts else ms(r['resume_p50_ms']):>17}{quiet:>28}{flush:>26}{after:>18}"
         )
     lines += ["", f"{'sound':<34}{'room':<14}{'right':>7}  heard"]
     for r in result["sounds"]:
