@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voxloop.llm import Message
+
+log = logging.getLogger(__name__)
 
 # Without the model's tokenizer, assume ~3 characters a token (English averages ~4), plus a few
 # tokens of chat-template framing per message: trimming a little early beats overflowing.
@@ -107,16 +111,44 @@ class Conversation:
 
 
 class ConversationLog:
-    """``conversation.jsonl``: one line per turn, appended and flushed as soon as the turn ends, so
-    nothing said is lost if anything fails later. A line is the turn's ``turn_done`` record
-    (``TurnDone.to_dict()``, as ``--json`` prints it) with the time it was written."""
+    """``conversation.jsonl``: one line per turn, appended as soon as the turn ends, so nothing
+    said is lost if anything fails later. A line is the turn's ``turn_done`` record
+    (``TurnDone.to_dict()``, as ``--json`` prints it) with the time it was written.
+
+    Each line goes to the file in one ``write``, so a voxloop killed at any moment (``kill -9``)
+    leaves whole lines; should a write still be cut short (a full disk, a kill inside a long
+    write), the piece is dropped when the log is next opened, and the next line starts a line of
+    its own. ``earlier_turns``: the lines an earlier run left in the file.
+    """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "conversation.jsonl"
+        self.earlier_turns = self._mend()
+
+    def _mend(self) -> int:
+        """Drop a last line cut short; the number of whole lines."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        whole = data.rfind(b"\n") + 1
+        if whole < len(data):
+            log.warning(
+                "%s ended in a line cut short (%d bytes, voxloop stopped while writing it); dropped it",
+                self.path,
+                len(data) - whole,
+            )
+            with self.path.open("r+b") as f:
+                f.truncate(whole)
+        return data.count(b"\n")
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, ensure_ascii=False)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
+        data = memoryview((line + "\n").encode("utf-8"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:  # one write, unless the system takes it in parts
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)

@@ -96,7 +96,10 @@ class TurnRecorder:
         if assistant:
             self.conversation.add(r.user, assistant, tuple(r.steps))
             if self.output_dir is not None and r.audio:
-                wav = self.output_dir / f"turn-{index:03d}.wav"
+                # Numbered after the turns an earlier run left in the same folder: its log
+                # lines still name their WAVs.
+                earlier = self.log.earlier_turns if self.log is not None else 0
+                wav = self.output_dir / f"turn-{earlier + index:03d}.wav"
                 audio_path = str(save_wav(wav, np.concatenate(r.audio), self.sample_rate))
         turn = TurnDone(
             index=index,

@@ -67,8 +67,10 @@ class VadSettings:
     # SileroEndpointer.wait_ms). It says 0.9+ at many pauses mid-phrase in synthetic voices, so
     # only a sure "finished" ends a turn soon (benchmarks/pauses cut at 0.95: 7.5%, 0.97: 3.8%),
     # and a turn it is unsure of waits out a pause mid-phrase (0.5-1.5 s; 1.2 s cut 7.7%).
-    # Off by default: on benchmarks/set it cut the endpoint wait to 224 ms p50, but first audio
-    # went from 491 / 702 ms to 690 / 1874 ms (p50 / p95) with today's thresholds.
+    # Off by default: on benchmarks/set it cut the endpoint wait to 224 ms p50 (416 without) and
+    # false cut-offs from 71% to 3.8%, but first audio went from 506 / 796 ms to 768 / 1874 ms
+    # (p50 / p95; `voxloop bench --endpointing`, base preset, 2 cores): the turns it is unsure
+    # of wait 1.6-1.8 s, and on 2 cores the reply is not ready sooner than the 0.4 s wait.
     turn_model: bool = False
     turn_threshold: float = 0.97  # its probability of a finished turn that ends the turn soon
     turn_complete_ms: int = 200  # silence that ends a turn it is sure of
@@ -123,6 +125,9 @@ class LlmSettings:
     runtime: Literal["auto", "llama-server", "xllamacpp"] = "auto"
     threads: int = 0  # the embedded llama.cpp's threads; 0: 2 for one conversation, 1 for `serve`
     nice: int = 10  # CPU priority of the server voxloop starts (0-19): below its own STT and TTS
+    # llama.cpp's host-memory cache of old prompts (MiB; llama.cpp's own default is 8192): it
+    # grew ~37 MB every 20 turns of one conversation (`voxloop bench --soak`). 0: off.
+    cache_ram_mb: int = 512
     # A JSON object merged into every chat request, for what one server takes beyond OpenAI's
     # fields: vLLM's '{"chat_template_kwargs": {"enable_thinking": false}}', top_k, min_p...
     extra_body: str = ""

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -23,7 +25,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError
+from voxloop.children import in_child
+from voxloop.errors import ConfigError, LLMUnavailableError, ModelNotFoundError, VoxloopError
 from voxloop.llm import models
 from voxloop.llm.deploy import DEFAULT_PROFILE, profile, serve_args
 from voxloop.settings import LlmSettings, data_dir
@@ -237,6 +240,7 @@ def llamacpp_launch(
         "--ctx-size", str(SLOT_CONTEXT * SLOTS),
         "--parallel", str(SLOTS),
         "--threads", str(llamacpp_threads(settings)),
+        "--cache-ram", str(settings.cache_ram_mb),
         "--alias", gguf.stem,
         "--metrics",
         "--no-webui",
@@ -331,9 +335,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
             env={**os.environ, **launch.env},
-            # Below voxloop's own STT and TTS, which are short and on the critical path: a reply
-            # that is still being generated can wait a few ms; the first sentence's audio cannot.
-            preexec_fn=(lambda: os.nice(min(19, settings.nice))) if settings.nice > 0 else None,
+            preexec_fn=in_child(settings.nice, with_parent=not detach),
         )
     url = f"http://127.0.0.1:{port}/v1"
     started = time.monotonic()
@@ -404,38 +406,163 @@ def stop_server() -> ServerInfo | None:
     return info
 
 
-@dataclass
+# A server that dies again this soon after voxloop restarted it is left down: it is crashing on
+# something a restart does not change (its model, the machine's memory), and each start costs
+# seconds of a core.
+CRASH_LOOP_S = 30.0
+
+
+def how_it_ended(code: int) -> str:
+    """A process's exit status in words: "killed by SIGKILL", "exit code 1"."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
 class EmbeddedServer:
     """The embedded server one command talks to: a running `voxloop llm start` one, shared and
-    left alone (``proc`` None), or one started for this command, which voxloop may restart."""
+    left alone (``proc`` None), or one started for this command, which voxloop owns.
 
-    settings: LlmSettings
-    url: str
-    proc: subprocess.Popen[bytes] | None = None
+    voxloop's own server is watched by one thread, the only one that starts it again: when it
+    dies (``kill -9``, the OOM killer, a crash) it is started again at once, on the same port so
+    that its URL still holds for every conversation (``voxloop serve`` and ``voxloop wyoming`` keep
+    only the URL), and it is moved to fewer threads on request (:mod:`voxloop.llm.stall`). One
+    restart per death: a server that dies again within :data:`CRASH_LOOP_S` of its restart, or
+    cannot be started, is left down, said in one line. The watcher lives as long as the process it
+    started (see :func:`voxloop.children.in_child`: the server dies with the thread that started it).
+    """
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        url: str,
+        proc: subprocess.Popen[bytes] | None = None,
+        log_path: str = "",
+        notice: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.settings = settings
+        self.url = url
+        self.proc = proc
+        self.log_path = log_path  # the started server's output
+        self.notice = notice
+        self.down = ""  # why voxloop's server is down for good; "" while it runs or is restarted
+        self.ended = ""  # how its last process ended, in words
+        self._changed = threading.Condition()  # guards proc, url and the fields below
+        self._restarting = False
+        self._threads_wanted: int | None = None
+        self._closing = False
+        self._since = -CRASH_LOOP_S  # when the watcher last restarted it (monotonic)
+        self._watcher: threading.Thread | None = None
+        if proc is not None:
+            self._watcher = threading.Thread(target=self._watch, name="llm-watch", daemon=True)
+            self._watcher.start()
 
     @property
     def threads(self) -> int:
         return llamacpp_threads(self.settings)
 
+    def _watch(self) -> None:
+        while True:
+            proc = self.proc
+            assert proc is not None
+            code = proc.wait()
+            with self._changed:
+                if self._closing:
+                    return
+                threads, self._threads_wanted = self._threads_wanted, None
+                self.ended = how_it_ended(code)
+                if threads is None and time.monotonic() - self._since < CRASH_LOOP_S:
+                    self._give_up(
+                        f"it stopped again ({self.ended}) {time.monotonic() - self._since:.0f} s after its restart"
+                    )
+                    return
+                self._restarting = True
+                self._changed.notify_all()
+            if threads is None:
+                self.notice(f"The embedded LLM server stopped ({self.ended}); restarting it…")
+            settings = replace(self.settings, threads=threads or self.settings.threads)
+            port = httpx.URL(self.url).port or 0
+            try:
+                info, started = start_server(
+                    settings, port=None if _port_in_use(port) else port, detach=False
+                )
+            except (VoxloopError, OSError) as exc:
+                with self._changed:
+                    self._give_up(f"it could not be started again ({exc})")
+                return
+            with self._changed:
+                self.settings, self.proc, self.url, self.log_path = settings, started, info.url, info.log
+                self._since = time.monotonic() if threads is None else self._since
+                self._restarting = False
+                self._changed.notify_all()
+                if not self._closing:
+                    continue
+            _stop_proc(started)  # stopped while it started
+            return
+
+    def _give_up(self, why: str) -> None:
+        self.down = (
+            f"The embedded LLM server is down: {why}; voxloop does not restart it again. "
+            f"Its log: {self.log_path}"
+        )
+        self.notice(self.down)
+        self._restarting = False
+        self._changed.notify_all()
+
+    def after_loss(self, proc: subprocess.Popen[bytes] | None, alive_s: float = 1.0) -> bool:
+        """Whether ``proc``, which a request could not reach, has ended and another server now
+        runs in its place (waiting for the watcher to start it); False when it still runs after
+        ``alive_s`` (the failure was the network's or the server's, not its death). Raises
+        LLMUnavailableError when the server is down for good."""
+        if proc is None:
+            return False  # a shared server: not voxloop's to watch
+        with self._changed:
+            gone = self._changed.wait_for(
+                lambda: self.proc is not proc or self._restarting or bool(self.down), alive_s
+            )
+            if not gone:
+                return False
+            self._changed.wait_for(lambda: not self._restarting)
+            if self.proc is proc or self.down:
+                raise LLMUnavailableError(self.down or f"The embedded LLM server stopped ({self.ended}).")
+            return True
+
     def restart(self, threads: int) -> None:
         """The same model on ``threads`` threads, on the same port when it is free again."""
-        if self.proc is None:
-            raise RuntimeError("a shared server is not voxloop's to restart")
-        port = httpx.URL(self.url).port or 0
-        self.stop()
-        self.settings = replace(self.settings, threads=threads)
-        info, self.proc = start_server(self.settings, port=None if _port_in_use(port) else port, detach=False)
-        self.url = info.url
+        with self._changed:
+            if self.proc is None:
+                raise RuntimeError("a shared server is not voxloop's to restart")
+            self._changed.wait_for(lambda: not self._restarting)  # a restart after a death first
+            if self.down:
+                raise LLMUnavailableError(self.down)
+            old = self.proc
+            self._threads_wanted = threads
+            self._restarting = True
+        _stop_proc(old)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._restarting)
+            if self.down:
+                raise LLMUnavailableError(self.down)
 
     def stop(self) -> None:
-        if self.proc is None:
+        with self._changed:
+            self._closing = True
+            proc = self.proc
+        if proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _stop_proc(proc)
+        if self._watcher is not None:
+            self._watcher.join()
+
+
+def _stop_proc(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -459,7 +586,7 @@ def embedded_server(
         f"Starting the embedded LLM ({'xllamacpp' if wheel else 'llama.cpp'}, {title}) for this conversation…"
     )
     info, proc = start_server(settings, detach=False)
-    server = EmbeddedServer(settings, info.url, proc)
+    server = EmbeddedServer(settings, info.url, proc, info.log, announce)
     try:
         yield server
     finally:

@@ -7,6 +7,11 @@ every barrier, and a token takes ~3 s instead of 17 ms. One thread is not touche
 core (~26 ms a token). The guard notices the stall (no token for a while from a server that
 gives one every few tens of ms), restarts the server voxloop started on one thread, and asks
 again: from the start when nothing was said yet, else on from what was said.
+
+When the server dies instead (``kill -9``, the OOM killer, a crash), :class:`EmbeddedServer`
+starts it again; the guard then asks again if nothing was said yet, or reports the reply as cut
+short (what was said stays in the history, marked as cut) and the next turn goes to the new
+server.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from voxloop.errors import LLMUnavailableError
 from voxloop.llm import Message
 from voxloop.llm.openai_http import OpenAIChat
 from voxloop.llm.server import EmbeddedServer
@@ -36,6 +43,16 @@ PROMPT_TOKENS_PER_S = 60.0
 def first_piece_limit(base_s: float, messages: list[Message], tools: list[dict[str, Any]] | None) -> float:
     chars = sum(len(str(m.get("content") or "")) for m in messages) + len(json.dumps(tools or []))
     return round(base_s + chars / 3.0 / PROMPT_TOKENS_PER_S, 1)
+
+
+def unecho(piece: str, echo: str) -> tuple[str, str]:
+    """``piece`` without what it repeats of ``echo`` (the text a server may stream again before
+    going on from it), and what is left of ``echo`` to expect."""
+    if echo.startswith(piece):
+        return "", echo[len(piece) :]
+    if piece.startswith(echo):
+        return piece[len(echo) :], ""
+    return piece, ""  # not a repeat: the server went on at once
 
 
 class StallGuard:
@@ -90,10 +107,14 @@ class StallGuard:
         said = ""
         while True:
             # After a restart the server goes on from what was already said (llama.cpp continues
-            # a final assistant message), so nothing is repeated or lost.
+            # a final assistant message), so nothing is repeated or lost. llama-server streams
+            # that message again before going on (the xllamacpp wheel's does not): not said twice.
             asked = [*messages, {"role": "assistant", "content": said}] if said else messages
+            echo = said
             stream = self.chat.stream(asked, tools, calls)
+            proc = self.server.proc
             waited = 0.0
+            lost: LLMUnavailableError | None = None
             try:
                 pieces = aiter(stream)
                 while True:
@@ -106,11 +127,36 @@ class StallGuard:
                     except TimeoutError:
                         waited = limit or 0.0
                         break
+                    except LLMUnavailableError as exc:
+                        lost = exc
+                        break
+                    if echo:
+                        piece, echo = unecho(piece, echo)
+                        if not piece:
+                            continue
                     said += piece
                     yield piece
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+            if lost is not None:
+                await self._after_death(lost, proc, cut_short=bool(said))
+                continue  # nothing was said yet: ask the new server
             await self._one_thread(waited)
+
+    async def _after_death(
+        self, lost: LLMUnavailableError, proc: subprocess.Popen[bytes] | None, cut_short: bool
+    ) -> None:
+        """A request could not reach the server: return to ask again once the server voxloop
+        started has been started again after its death (:class:`EmbeddedServer` does it); raise
+        when the error stands."""
+        if not await asyncio.to_thread(self.server.after_loss, proc):
+            raise lost  # it runs (or is not voxloop's): the error is told as it is
+        self.chat.url = self.server.url
+        if cut_short:
+            raise LLMUnavailableError(
+                f"The embedded LLM server stopped mid-reply ({self.server.ended}); it runs again "
+                "for the next turn."
+            ) from None
 
     async def _one_thread(self, waited: float) -> None:
         async with self._restarting:

@@ -23,6 +23,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ctx-size", type=int, default=4096)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-ram", type=int, default=8192)
     p.add_argument("--alias", default="")
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--no-webui", action="store_true")
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     params.kv_unified = True  # as llama-server's default: a slot may use the whole context
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
+    params.cache_ram_mib = args.cache_ram
     if args.alias:
         params.model_alias = {args.alias}
     params.endpoint_metrics = args.metrics

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from voxloop.children import in_child
 from voxloop.errors import ModelNotFoundError
 from voxloop.settings import SttSettings
 
@@ -117,6 +118,8 @@ class InterimTranscriber:
             pass_fds=(down_r, up_w),
             stdin=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # its errors come back over the pipe
+            # Killed with voxloop, however it dies: frozen (SIGSTOP) it would wait for ever.
+            preexec_fn=in_child(0, with_parent=True),
         )
         os.close(down_r)
         os.close(up_w)
