@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import ROOT, wer
-from test_serve import TOKEN, _chromium, start_serve
+from test_serve import TOKEN, _chromium, start_serve, talk
 from voxloop.audio.speech import spoken_turns
 from voxloop.errors import ConfigError
 from voxloop.server import tls
@@ -418,12 +418,7 @@ def test_chromium_at_a_lan_name_over_https_hears_a_question_and_plays_the_reply(
         try:
             page = browser.new_page()
             page.goto(f"https://voice.test:{https_server.port}/?token={TOKEN}", timeout=20_000)
-            page.click("#talk")
-            page.wait_for_selector(".user", timeout=60_000)
-            page.wait_for_selector(".ai[data-done='1']", timeout=60_000)
-            page.wait_for_function("Number(document.body.dataset.played || 0) > 12000", timeout=30_000)
-            user = page.inner_text(".user").removeprefix("You: ")
-            reply = page.inner_text(".ai").removeprefix("voxloop: ")
+            user, reply = talk(page)
             secure = page.evaluate("window.isSecureContext")
         finally:
             browser.close()

@@ -266,10 +266,10 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def serve(home: Path, port: int) -> Served:
-    """`voxloop serve` on the embedded tiny preset, once /health answers."""
+def _start(command: str, home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """``voxloop COMMAND --port PORT`` on the embedded tiny preset, its output in a log file."""
     home.mkdir(parents=True, exist_ok=True)
-    log = home / f"serve-{time.monotonic_ns()}.log"
+    log = home / f"{command}-{time.monotonic_ns()}.log"
     env = {
         **os.environ,
         "VOXLOOP_HOME": str(home),
@@ -278,9 +278,15 @@ def serve(home: Path, port: int) -> Served:
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "voxloop", "serve", "--port", str(port)],
+            [sys.executable, "-m", "voxloop", command, "--port", str(port)],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
+    return proc, log
+
+
+def serve(home: Path, port: int) -> Served:
+    """`voxloop serve` on the embedded tiny preset, once /health answers."""
+    proc, log = _start("serve", home, port)
     served = Served(proc, port, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -370,19 +376,7 @@ def test_serve_killed_mid_session(speech, tmp_path):
 
 # -- voxloop wyoming killed -------------------------------------------------------------------------
 def wyoming(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / f"wyoming-{time.monotonic_ns()}.log"
-    env = {
-        **os.environ,
-        "VOXLOOP_HOME": str(home),
-        "VOXLOOP_LLM_TEMPERATURE": "0",
-        "VOXLOOP_LLM_PRESET": TEST_PRESET,
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voxloop", "wyoming", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    proc, log = _start("wyoming", home, port)
     deadline = time.monotonic() + 120
     while "listens on" not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")

@@ -246,6 +246,16 @@ def _chromium(playwright: Any, *args: str) -> Any:
     )
 
 
+def talk(page: Any) -> tuple[str, str]:
+    """Press the page's talk button; once a turn is heard, answered and played (0.5 s of it),
+    what the page shows the user said and what voxloop answered."""
+    page.click("#talk")
+    page.wait_for_selector(".user", timeout=60_000)
+    page.wait_for_selector(".ai[data-done='1']", timeout=60_000)
+    page.wait_for_function("Number(document.body.dataset.played || 0) > 12000", timeout=30_000)
+    return page.inner_text(".user").removeprefix("You: "), page.inner_text(".ai").removeprefix("voxloop: ")
+
+
 def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
     """Debian's Chromium, driven by Playwright, with a WAV as its microphone."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -266,12 +276,7 @@ def test_a_conversation_in_a_real_browser(server, synthesizer, tmp_path):
         try:
             page = browser.new_page()
             page.goto(f"http://{server}/?token={TOKEN}")
-            page.click("#talk")
-            page.wait_for_selector(".user", timeout=60_000)
-            page.wait_for_selector(".ai[data-done='1']", timeout=60_000)
-            page.wait_for_function("Number(document.body.dataset.played || 0) > 12000", timeout=30_000)
-            user = page.inner_text(".user").removeprefix("You: ")
-            reply = page.inner_text(".ai").removeprefix("voxloop: ")
+            user, reply = talk(page)
             page.screenshot(path=str(tmp_path / "page.png"))
             if os.environ.get("VOXLOOP_SCREENSHOT"):
                 page.screenshot(path=os.environ["VOXLOOP_SCREENSHOT"])
