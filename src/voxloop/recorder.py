@@ -67,7 +67,7 @@ class TurnRecorder:
         emit: Callable[[Event], None],
     ) -> None:
         self.conversation = conversation
-        self.output_dir = output_dir
+        # conversation.jsonl and the reply WAVs beside it (None: nothing saved)
         self.log = ConversationLog(output_dir) if output_dir is not None else None
         self.sample_rate = sample_rate
         self._emit = emit
@@ -95,11 +95,10 @@ class TurnRecorder:
         audio_path = None
         if assistant:
             self.conversation.add(r.user, assistant, tuple(r.steps))
-            if self.output_dir is not None and r.audio:
+            if self.log is not None and r.audio:
                 # Numbered after the turns an earlier run left in the same folder: its log
                 # lines still name their WAVs.
-                earlier = self.log.earlier_turns if self.log is not None else 0
-                wav = self.output_dir / f"turn-{earlier + index:03d}.wav"
+                wav = self.log.path.parent / f"turn-{self.log.earlier_turns + index:03d}.wav"
                 audio_path = str(save_wav(wav, np.concatenate(r.audio), self.sample_rate))
         turn = TurnDone(
             index=index,
